@@ -1,0 +1,145 @@
+"""Typed config objects built from plain mappings (``params.yaml`` sections, notebook
+parameters), in the spirit of nanoGPT's configurator: an unknown key or a value of the
+wrong type fails loudly, naming the full key path (``model.embed_dim``), before any
+computation starts.
+
+Config classes are frozen dataclasses; :func:`from_dict` builds one recursively
+(nested dataclasses, ``dict[str, X]``, ``list[X]``, ``tuple[X, ...]``, ``X | None``,
+``Literal[...]``) and :func:`to_dict` turns it back into JSON/YAML-ready data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, missing or of the wrong type/value."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (light, lossless coercions only)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__} {value!r}")
+        return from_dict(tp, value, path)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{path}: {value!r} matches none of {_type_name(tp)} ({'; '.join(errors)})")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (dict, Mapping) or tp in (dict,):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        args = get_args(tp) or (Any, Any)
+        return {_coerce(k, args[0], f"{path}.<key>"): _coerce(v, args[1], f"{path}.{k}") for k, v in value.items()}
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin is tuple or tp is tuple) else items
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
+    """Build the dataclass ``cls`` from ``data``; unknown keys and bad types raise.
+
+    Args:
+        cls: a dataclass type.
+        data: the mapping (missing keys take the dataclass defaults).
+        path: prefix for error messages, e.g. ``"pretrain.model"``.
+
+    Raises:
+        ConfigError: naming the full key path of the first offending entry.
+    """
+    data = dict(data or {})
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{path}." if path else ""
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}; "
+            f"valid keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, field in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], prefix + name)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key {prefix + name} for {cls.__name__}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{path or cls.__name__}: {err}") from err
+
+
+def to_dict(obj: Any) -> Any:
+    """Turn a config dataclass (recursively) into plain JSON/YAML-ready data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """``dataclasses.replace`` that also validates the changed values."""
+    return from_dict(type(obj), {**to_dict(obj), **changes})
+
+
+__all__ = ["ConfigError", "from_dict", "to_dict", "replace"]
