@@ -118,3 +118,20 @@ def check_aligned(infos: Sequence[RasterInfo], tol: float = 1e-6) -> None:
             raise DataError(
                 f"{info.path}: transform {info.transform} differs from its partner {ref.path} ({ref.transform})"
             )
+
+
+def read_colormap(path: str | Path, band: int = 1) -> np.ndarray | None:
+    """The colour table of a palette band as a ``(256, 3)`` uint8 lookup table, or None.
+
+    Used to expand palette-indexed label images (PNG/TIFF) into RGB colours.
+    """
+    with _open(path) as src:
+        try:
+            cmap = src.colormap(band)
+        except ValueError:  # no colour table on this band
+            return None
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    for index, rgba in cmap.items():
+        if 0 <= index < 256:
+            lut[index] = rgba[:3]
+    return lut

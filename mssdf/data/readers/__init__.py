@@ -1,0 +1,1 @@
+"""Readers for the paper datasets in their official layouts (registry added below)."""
