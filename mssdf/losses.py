@@ -1,0 +1,159 @@
+"""Losses of MSSDF and of the MAE baseline, and the weighted combiner.
+
+The feature sets each term acts on (method.md §4 leaves this open; the authors' code
+transposes 3-D tensors and so computes something else than it describes):
+
+* **reconstruction** (weight 1.0): MSE between predictions ``(B, N, Dt)`` and targets
+  ``(B, N, Dt)`` at the *masked* positions of each modality only, averaged over masked
+  tokens and then over modalities. Targets are the teacher's layer-normalised patch
+  features of the full image (MSSDF) or per-patch-normalised pixels (MAE baseline).
+* **contrast** (weight 0.5): symmetric InfoNCE (τ = 0.07) between two modalities'
+  reconstruction-decoder outputs ``(B, N, Dd)`` restricted to their first
+  ``shared_fraction`` of channels (the *shared* part), within each image over its N
+  co-located patches: position i of modality a and position i of modality b are the
+  positive pair, the other N−1 positions of the same image the negatives. Averaged over
+  images and over all modality pairs.
+* **hsic** (weight 0.2): linear HSIC between the remaining channels (the
+  *modality-specific* part) of two modalities, over all B·N tokens, normalised by
+  the two self-HSICs (linear CKA, in [0, 1]) so it cannot be lowered by merely
+  shrinking features. Minimising it keeps
+  the specific parts of different modalities from duplicating each other: alignment of
+  what modalities share, independence of what is unique to each (the abstract's goal).
+* **modality** (weight 0.1): cross-entropy of the modality head on each modality's
+  encoder cls token, over the model's modality count.
+
+A term with weight 0 is switched off (not computed); every computed term is reported.
+Pair terms need at least two modalities and are skipped with one; the modality term
+needs a model with at least two modalities.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mssdf.model import MSSDFOutput
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights and settings of the loss terms (weight 0 switches a term off)."""
+
+    reconstruction: float = 1.0
+    contrast: float = 0.5
+    hsic: float = 0.2
+    modality: float = 0.1
+    temperature: float = 0.07
+    shared_fraction: float = 0.5  # channels of the decoder features used by InfoNCE; the rest by HSIC
+
+    def __post_init__(self) -> None:
+        for name in ("reconstruction", "contrast", "hsic", "modality"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.shared_fraction < 1.0:
+            raise ValueError(f"shared_fraction must be in (0, 1), got {self.shared_fraction}")
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error at masked positions.
+
+    Args:
+        pred, target: ``(B, N, D)``.
+        mask: ``(B, N)`` bool, True = include.
+    Returns:
+        scalar: mean over included tokens of the per-token mean over ``D``.
+    """
+    per_token = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, N)
+    weight = mask.float()
+    return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:
+    """Symmetric InfoNCE between co-located tokens, within each image.
+
+    Args:
+        a, b: ``(B, N, D)``; ``a[i, j]`` and ``b[i, j]`` are a positive pair, the other
+            positions of image ``i`` the negatives. A 2-D ``(N, D)`` input is one image.
+    Returns:
+        scalar, ``0.5·(CE(a→b) + CE(b→a))`` averaged over images and positions.
+    """
+    if a.dim() == 2:
+        a, b = a.unsqueeze(0), b.unsqueeze(0)
+    a = F.normalize(a.float(), dim=-1)
+    b = F.normalize(b.float(), dim=-1)
+    logits = torch.einsum("bnd,bmd->bnm", a, b) / temperature  # (B, N, N)
+    target = torch.arange(a.shape[1], device=a.device).expand(a.shape[0], -1)  # (B, N)
+    loss_ab = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+    loss_ba = F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.flatten())
+    return 0.5 * (loss_ab + loss_ba)
+
+
+def linear_hsic(x: Tensor, y: Tensor) -> Tensor:
+    """Linear-kernel HSIC ``‖X̃ᵀỸ‖²_F / (n−1)²`` with column-centred ``X̃, Ỹ``.
+
+    Args:
+        x: ``(n, d1)``, y: ``(n, d2)`` (leading dims beyond 2 are flattened into ``n``).
+    """
+    x = x.reshape(-1, x.shape[-1]).float()
+    y = y.reshape(-1, y.shape[-1]).float()
+    n = x.shape[0]
+    xc = x - x.mean(dim=0, keepdim=True)
+    yc = y - y.mean(dim=0, keepdim=True)
+    return (xc.T @ yc).pow(2).sum() / (n - 1) ** 2
+
+
+def linear_cka(x: Tensor, y: Tensor, eps: float = 1e-12) -> Tensor:
+    """Normalised linear HSIC ``HSIC(X,Y)/sqrt(HSIC(X,X)·HSIC(Y,Y))`` in [0, 1]."""
+    return linear_hsic(x, y) / (linear_hsic(x, x) * linear_hsic(y, y)).clamp_min(eps).sqrt()
+
+
+def modality_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy ``(M·B, K)`` logits vs ``(M·B,)`` modality indices."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def _split(features: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
+    k = max(1, int(round(features.shape[-1] * fraction)))
+    return features[..., :k], features[..., k:]
+
+
+def mssdf_loss(out: MSSDFOutput, cfg: LossConfig = LossConfig()) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of the enabled terms.
+
+    Returns:
+        ``(total, terms)``: the scalar to back-propagate and ``{term: unweighted value}``
+        (detached) for every computed term.
+    """
+    terms: dict[str, Tensor] = {}
+    keys = list(out.pred)
+    pairs = list(itertools.combinations(keys, 2))
+    if cfg.reconstruction > 0:
+        terms["reconstruction"] = torch.stack(
+            [masked_mse(out.pred[m], out.target[m], out.masks[m]) for m in keys]
+        ).mean()
+    if cfg.contrast > 0 and pairs:
+        terms["contrast"] = torch.stack(
+            [
+                info_nce(_split(out.features[a], cfg.shared_fraction)[0], _split(out.features[b], cfg.shared_fraction)[0], cfg.temperature)
+                for a, b in pairs
+            ]
+        ).mean()
+    if cfg.hsic > 0 and pairs:
+        terms["hsic"] = torch.stack(
+            [
+                linear_cka(_split(out.features[a], cfg.shared_fraction)[1], _split(out.features[b], cfg.shared_fraction)[1])
+                for a, b in pairs
+            ]
+        ).mean()
+    if cfg.modality > 0 and out.modality_logits.shape[1] > 1:
+        terms["modality"] = modality_cross_entropy(out.modality_logits, out.modality_labels)
+    if not terms:
+        raise ValueError("every loss term is switched off (all weights 0, or pair terms with one modality)")
+    total = sum(getattr(cfg, name) * value for name, value in terms.items())
+    return total, {k: v.detach() for k, v in terms.items()}
