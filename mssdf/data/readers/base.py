@@ -126,6 +126,33 @@ def _pil_read(path: Path) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
 
 
+def image_header(path: Path, bands: int | Sequence[int] | None = None, partner: Path | None = None) -> tuple[int, int, int]:
+    """``(bands, height, width)`` of an image from its header (Pillow for JPEG/PNG/BMP, else GDAL).
+
+    Palette images count as 3 bands (they are expanded to RGB on reading). Errors name the
+    file (and the partner that needs it); ``bands`` = allowed band count(s).
+    """
+    if path.suffix.lower() not in _PIL_EXTS:
+        info = header(path, bands, partner)
+        return info.count, info.height, info.width
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" + (f" (partner of {partner})" if partner else ""))
+    try:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            count = 3 if img.mode == "P" else len(img.getbands())
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"{path}: not a readable image: {err}") from err
+    if bands is not None:
+        allowed = (bands,) if isinstance(bands, int) else tuple(bands)
+        if count not in allowed:
+            raise DataError(f"{path}: has {count} band(s), expected {' or '.join(map(str, allowed))}")
+    return count, height, width
+
+
 def read_image(
     path: Path,
     expected_bands: int | Sequence[int] | None = None,
