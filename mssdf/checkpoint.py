@@ -1,0 +1,89 @@
+"""Our own pretrained weights: ``model.safetensors`` + ``config.json`` in a folder.
+
+Loading never unpickles code: safetensors holds only tensors, the JSON only the
+:class:`~mssdf.model.ModelConfig`. ``export_timm`` adds a timm ``VisionTransformer``
+state dict per modality (``timm_<modality>.safetensors`` + ``timm_<modality>.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mssdf.config import from_dict, to_dict
+from mssdf.interop import timm_kwargs, to_timm_state_dict
+from mssdf.model import MSSDF, ModelConfig
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename (never a half file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_json(path: Path, data) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def save_pretrained(model: MSSDF, folder: str | Path) -> Path:
+    """Write ``model.safetensors`` (student, teacher, heads) and ``config.json``."""
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "mssdf"}))
+    _write_json(folder / CONFIG, {"model": to_dict(model.cfg)})
+    return folder
+
+
+def load_config(folder: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` stored in ``folder/config.json``."""
+    path = Path(folder) / CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no config.json (is {folder} a folder written by save_pretrained?)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    return from_dict(ModelConfig, data.get("model", {}), "model")
+
+
+def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> MSSDF:
+    """Rebuild the :class:`MSSDF` saved by :func:`save_pretrained` (strict)."""
+    cfg = load_config(folder)
+    path = Path(folder) / WEIGHTS
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    model = MSSDF(cfg)
+    model.load_state_dict(load_file(path, device=str(map_location)), strict=True)
+    return model
+
+
+def export_timm(model: MSSDF, folder: str | Path, modalities: list[str] | None = None) -> list[Path]:
+    """Write the encoder as timm ``VisionTransformer`` weights for each modality.
+
+    Load with ``VisionTransformer(**json.load(open("timm_rgb.json")))`` then
+    ``load_state_dict(safetensors.torch.load_file("timm_rgb.safetensors"), strict=True)``;
+    the model takes raw values (normalisation folded into the patch embedding).
+    """
+    folder = Path(folder)
+    written = []
+    for m in modalities or list(model.cfg.modalities):
+        sd = {k: v.contiguous() for k, v in to_timm_state_dict(model.encoder, m).items()}
+        target = folder / f"timm_{m}.safetensors"
+        _atomic_write(target, lambda tmp, sd=sd: save_file(sd, tmp, metadata={"format": "timm"}))
+        _write_json(folder / f"timm_{m}.json", timm_kwargs(model.encoder, m))
+        written.append(target)
+    return written

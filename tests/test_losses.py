@@ -1,0 +1,106 @@
+"""Loss terms behave as specified on known inputs."""
+
+import pytest
+import torch
+
+from mssdf.losses import LossConfig, info_nce, linear_cka, linear_hsic, masked_mse, modality_cross_entropy, mssdf_loss
+from mssdf.model import MSSDFOutput
+
+
+def test_reconstruction_is_zero_when_prediction_equals_target():
+    t = torch.randn(2, 5, 4)
+    mask = torch.tensor([[True, False, True, False, False], [False, True, True, True, False]])
+    assert masked_mse(t.clone(), t, mask) == 0
+
+
+def test_reconstruction_counts_only_masked_positions():
+    target = torch.zeros(1, 4, 2)
+    pred = torch.zeros(1, 4, 2)
+    pred[0, 1] = 100.0  # a visible position: ignored
+    pred[0, 2] = 2.0  # masked: per-token MSE 4
+    mask = torch.tensor([[True, False, True, False]])
+    assert masked_mse(pred, target, mask).item() == pytest.approx(2.0)  # (0 + 4) / 2 masked tokens
+
+
+def test_info_nce_low_for_aligned_high_for_shuffled():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 64, 32, generator=g)
+    aligned = info_nce(a, a + 0.01 * torch.randn(a.shape, generator=g))
+    shuffled = info_nce(a, a[:, torch.randperm(64, generator=g)])
+    chance = torch.log(torch.tensor(64.0))
+    assert aligned < 0.05
+    assert shuffled > chance  # worse than uniform guessing: positives are now dissimilar
+    assert info_nce(a[0], a[0]) == pytest.approx(info_nce(a[:1], a[:1]).item())  # 2-D input = one image
+
+
+def test_info_nce_is_symmetric():
+    a, b = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
+    assert info_nce(a, b).item() == pytest.approx(info_nce(b, a).item(), rel=1e-6)
+
+
+def test_hsic_near_zero_for_independent_and_positive_for_dependent():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 8, generator=g)
+    y = torch.randn(4000, 8, generator=g)
+    dependent = x @ torch.randn(8, 8, generator=g) + 0.1 * y
+    indep = linear_hsic(x, y)
+    dep = linear_hsic(x, dependent)
+    assert indep < 0.03  # E ~ d1*d2/n = 0.016
+    assert dep > 2.0
+    assert linear_cka(x, y) < 0.01 and linear_cka(x, dependent) > 0.5
+    assert linear_cka(x, 5 * x).item() == pytest.approx(1.0, rel=1e-5)  # scale invariant
+
+
+def test_hsic_matches_its_definition():
+    x, y = torch.randn(50, 3), torch.randn(50, 2)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    h = torch.ones(50, 50) / -50 + torch.eye(50)  # centring matrix
+    kernel_form = torch.trace(x @ x.T @ h @ y @ y.T @ h) / 49**2
+    torch.testing.assert_close(linear_hsic(x, y), kernel_form, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(linear_hsic(x, y), (xc.T @ yc).pow(2).sum() / 49**2)
+
+
+def test_modality_cross_entropy_low_when_right():
+    labels = torch.tensor([0, 0, 1, 1])
+    right = torch.tensor([[9.0, 0], [9, 0], [0, 9], [0, 9]])
+    assert modality_cross_entropy(right, labels) < 1e-3
+    assert modality_cross_entropy(-right, labels) > 8
+
+
+def fake_output(keys=("rgb", "dsm")):
+    g = torch.Generator().manual_seed(0)
+    b, n = 2, 6
+    t = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    masks = {k: torch.tensor([[True, True, False, True, False, True]] * b) for k in keys}
+    return MSSDFOutput(
+        pred={k: t(b, n, 4) for k in keys},
+        target={k: t(b, n, 4) for k in keys},
+        masks=masks,
+        features={k: t(b, n, 8) for k in keys},
+        modality_logits=t(b * len(keys), 2),
+        modality_labels=torch.arange(len(keys)).repeat_interleave(b),
+    )
+
+
+def test_combiner_weights_and_switches():
+    out = fake_output()
+    total, terms = mssdf_loss(out)
+    assert set(terms) == {"reconstruction", "contrast", "hsic", "modality"}
+    expected = terms["reconstruction"] + 0.5 * terms["contrast"] + 0.2 * terms["hsic"] + 0.1 * terms["modality"]
+    torch.testing.assert_close(total, expected)
+    for name in terms:
+        cfg = LossConfig(**{name: 0.0})
+        total_off, terms_off = mssdf_loss(out, cfg)
+        assert name not in terms_off
+        torch.testing.assert_close(total_off, total - getattr(LossConfig(), name) * terms[name])
+
+
+def test_pair_terms_skipped_with_one_modality_and_all_off_raises():
+    out = fake_output(keys=("rgb",))
+    out.modality_logits = out.modality_logits[:, :1]
+    _, terms = mssdf_loss(out)
+    assert set(terms) == {"reconstruction"}
+    with pytest.raises(ValueError, match="switched off"):
+        mssdf_loss(out, LossConfig(reconstruction=0))
+    with pytest.raises(ValueError, match="contrast"):
+        LossConfig(contrast=-1)
