@@ -36,7 +36,7 @@ _PIL_EXTS = {".jpg", ".jpeg", ".png", ".bmp"}
 def require_dir(path: Path, layout: str) -> Path:
     """Return ``path`` if it is a folder, else raise a DataError showing the expected layout."""
     if not path.is_dir():
-        raise DataError(f"{path}: folder not found; expected layout:\n{layout}")
+        raise DataError(f"{path}: folder not found; expected layout:\n{layout.strip(chr(10))}")
     return path
 
 
@@ -47,7 +47,7 @@ def require_file(path: Path, layout: str | None = None, partner: Path | None = N
         if partner is not None:
             msg += f" (partner of {partner})"
         if layout:
-            msg += f"; expected layout:\n{layout}"
+            msg += f"; expected layout:\n{layout.strip(chr(10))}"
         raise DataError(msg)
     return path
 

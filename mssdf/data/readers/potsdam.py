@@ -146,10 +146,10 @@ class Potsdam(TiledSegmentation):
         tile_sources = [(t, [make(t) for make in makers.values()]) for t in tile_ids]
         missing = [t for t, srcs in tile_sources if not srcs[0].path.is_file()]
         if missing and not allow_missing_tiles:
-            shown = ", ".join(str(s[0].path) for t, s in tile_sources if t in missing[:5])
+            first = next(s[0].path for t, s in tile_sources if t == missing[0])
             raise DataError(
-                f"{len(missing)} tile(s) of the Potsdam {split!r} split not found: {', '.join(missing)} "
-                f"(e.g. {shown}); pass allow_missing_tiles=True to use the tiles present"
+                f"{first}: not found; {len(missing)} tile(s) of the Potsdam {split!r} split are missing "
+                f"({', '.join(missing)}); pass allow_missing_tiles=True to use the tiles present"
             )
         tile_sources = [(t, s) for t, s in tile_sources if t not in missing]
         if not tile_sources:
