@@ -18,7 +18,8 @@ Crops (``crop_size``, e.g. 1024 with ``gap`` 200, the usual protocol): windows e
 ``crop_size - gap`` pixels plus border-aligned edge windows, per image; smaller images are
 zero-padded to ``crop_size``. An object is kept in a crop when at least ``min_visible``
 of its polygon's area lies inside (the DOTA devkit's 0.7); its corners are shifted to crop
-coordinates but not clipped, and ``truncated`` marks objects not wholly inside.
+coordinates but not clipped, and ``truncated`` marks objects not wholly inside. Without
+crops every annotated object is returned as written (``truncated`` all False).
 """
 
 from __future__ import annotations
@@ -189,8 +190,11 @@ class DOTA(ReaderDataset):
             polys, labels, difficult = parse_dota(label, self.classes)
         else:
             polys, labels, difficult = np.zeros((0, 8), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        vis = visible_fraction(polys, window) if len(polys) else np.zeros(0)
-        keep = vis >= self.min_visible - 1e-9
+        if self.crop_size and len(polys):
+            vis = visible_fraction(polys, window)
+            keep = vis >= self.min_visible - 1e-9
+        else:  # whole image: every annotated object, as written
+            vis, keep = np.ones(len(polys)), np.ones(len(polys), bool)
         r, c = window[:2]
         shifted = polys[keep] - np.tile(np.float32([c, r]), 4)
         return {
