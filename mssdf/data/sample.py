@@ -1,0 +1,204 @@
+"""Torch datasets over the prepared sample tiles (``data/prepared``, see :mod:`mssdf.data.prepare`).
+
+Sample dict (keys as in :mod:`mssdf.data.readers.base`):
+    * inputs: ``rgb`` (3, H, W) 0-255, ``ms`` (N, H, W) raw, ``dsm`` (1, H, W) metres,
+      ``pan`` (1, H, W) raw, ``pan_t2`` (1, H, W) the SYNTHETIC "after" image of the change
+      task; float32, raw (the model normalises with ``stats.json``). No-data input pixels
+      are filled with the band's train mean (``fill_nodata=True``) and flagged in ``valid``.
+    * ``valid`` (H, W) bool: every requested input has data there.
+    * targets: ``label`` int64 (H, W) with 255 = ignore, or an int64 scalar for scene
+      classes; ``height`` float32 (H, W) metres, NaN = no data; ``boxes`` float32 (K, 4)
+      xyxy pixels and ``box_labels`` int64 (K,).
+    * ``meta``: task, source, tile, split, label_kind ("real" / "synthetic" / "derived").
+
+Two back ends with identical output: ``"npy"`` reads the memory-mapped stacks in
+``cache/`` (fast), ``"tif"`` reads the per-tile GeoTIFFs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mssdf.data.io import DataError, read_raster
+from mssdf.data.prepare import TASKS, read_index
+from mssdf.data.readers.base import detection_collate
+from mssdf.data.tiling import SPLITS
+
+INPUT_KEYS = ("rgb", "ms", "dsm", "ndsm", "pan", "pan_t2")
+
+
+def load_stats(root: str | Path, task: str) -> dict[str, dict[str, Any]]:
+    """Train-only band statistics of a task's source: ``{key: {"bands", "mean", "std", "pixels"}}``."""
+    path = Path(root) / "stats.json"
+    if not path.is_file():
+        raise DataError(f"{path}: no statistics; run the preparation first")
+    return json.loads(path.read_text())[TASKS[task].source]
+
+
+class SampleTiles(Dataset):
+    """Tiles of one task and split of the prepared sample.
+
+    Args:
+        root: the prepared folder (e.g. ``data/prepared``).
+        task: one of :data:`mssdf.data.prepare.TASKS` (``pretrain_autzen``, ``seg_roads``, ...).
+        split: ``train``, ``val`` or ``test``.
+        modalities: input keys to return (default: the task's inputs). ``dsm`` for the
+            lidar sources is the absolute DSM unless ``dsm_source="ndsm"``.
+        crop: side of a crop to return (None = whole tile); random position when
+            ``random_crop`` (pre-training windows), else centred.
+        backend: ``"npy"`` (memory-mapped cache) or ``"tif"`` (GeoTIFF per tile).
+        fill_nodata: replace NaN input pixels by the train mean of their band.
+        transform: optional callable applied to the sample dict.
+        seed: seed of the random crops (each worker/epoch may reseed via ``set_epoch``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        task: str,
+        split: str = "train",
+        modalities: Sequence[str] | None = None,
+        crop: int | None = None,
+        random_crop: bool = False,
+        backend: str = "npy",
+        dsm_source: str = "dsm",
+        fill_nodata: bool = True,
+        transform: Callable[[dict], dict] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if task not in TASKS:
+            raise DataError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; choose from {list(SPLITS)}")
+        if backend not in ("npy", "tif"):
+            raise DataError(f"unknown backend {backend!r}; choose 'npy' or 'tif'")
+        if dsm_source not in ("dsm", "ndsm"):
+            raise DataError(f"dsm_source={dsm_source!r}: expected 'dsm' or 'ndsm'")
+        self.root, self.task, self.split = Path(root), task, split
+        self.spec = TASKS[task]
+        self.modalities = tuple(modalities or self.spec.inputs)
+        bad = [m for m in self.modalities if m not in INPUT_KEYS]
+        if bad:
+            raise DataError(f"unknown modality {bad}; choose from {INPUT_KEYS}")
+        self.rows = [r for r in read_index(self.root) if r["task"] == task and r["split"] == split]
+        for m in self.modalities:
+            if self.rows and m not in self.rows[0]["files"]:
+                raise DataError(f"task {task!r} has no modality {m!r} (available: {sorted(self.rows[0]['files'])})")
+        self.crop, self.random_crop, self.backend = crop, random_crop, backend
+        self.dsm_source, self.fill_nodata, self.transform = dsm_source, fill_nodata, transform
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.stats = load_stats(self.root, task) if fill_nodata else {}
+        if crop is not None and self.rows and crop > self.rows[0]["size"]:
+            raise DataError(f"crop {crop} is larger than the tiles ({self.rows[0]['size']} px) of task {task!r}")
+        self._mm: dict[str, np.ndarray] = {}
+        self._pos: list[int] = []
+        self._boxes: tuple[np.ndarray, np.ndarray] | None = None
+        if backend == "npy" and self.rows:
+            cache = self.root / "cache" / self.spec.source / split
+            if not (cache / "tiles.json").is_file():
+                raise DataError(f"{cache}: no tile cache; prepare with build_cache=True or use backend='tif'")
+            order = {name: i for i, name in enumerate(json.loads((cache / "tiles.json").read_text()))}
+            self._pos = [order[r["tile"]] for r in self.rows]
+            self._cache = cache
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the random crops (call per epoch / in ``worker_init_fn``)."""
+        self.rng = np.random.default_rng([self.seed, epoch])
+
+    # ------------------------------------------------------------------ reading
+    def _file_key(self, key: str) -> str:
+        """The on-disk key of a sample key (``dsm`` may come from ``ndsm``)."""
+        files = self.rows[0]["files"]
+        stem = Path(files[key]).stem if key in files else key
+        if key == "dsm" and self.dsm_source == "ndsm":
+            stem = "ndsm"
+        return stem
+
+    def _read(self, i: int, key: str) -> np.ndarray:
+        stem = self._file_key(key)
+        if self.backend == "npy":
+            if stem not in self._mm:
+                path = self._cache / f"{stem}.npy"
+                if not path.is_file():
+                    raise DataError(f"{path}: missing cache file")
+                self._mm[stem] = np.load(path, mmap_mode="r")
+            return np.asarray(self._mm[stem][self._pos[i]])
+        rel = self.rows[i]["files"][key] if not (key == "dsm" and self.dsm_source == "ndsm") else self.rows[i]["files"]["ndsm"]
+        return read_raster(self.root / rel, dtype=np.float32 if key not in ("label",) else np.uint8)
+
+    def _boxes_of(self, i: int) -> np.ndarray:
+        if self.backend == "npy":
+            if self._boxes is None:
+                self._boxes = (np.load(self._cache / "boxes.npy"), np.load(self._cache / "boxes_offsets.npy"))
+            boxes, off = self._boxes
+            p = self._pos[i]
+            return np.array(boxes[off[p] : off[p + 1]], np.float32)
+        data = json.loads((self.root / self.rows[i]["files"]["boxes"]).read_text())
+        return np.asarray(data["boxes_xyxy"], np.float32).reshape(-1, 4)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} tiles")
+        i %= len(self)
+        row = self.rows[i]
+        size = row["size"]
+        c = self.crop or size
+        if self.random_crop and c < size:
+            r0, c0 = (int(v) for v in self.rng.integers(0, size - c + 1, size=2))
+        else:
+            r0 = c0 = (size - c) // 2
+        win = (slice(None), slice(r0, r0 + c), slice(c0, c0 + c))
+        sample: dict[str, Any] = {}
+        valid = np.ones((c, c), bool)
+        for key in self.modalities:
+            arr = np.array(self._read(i, key)[win], dtype=np.float32)
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                valid &= ~bad.any(0)
+                if self.fill_nodata:
+                    stat_key = "ndsm" if key == "dsm" and self.dsm_source == "ndsm" else key
+                    mean = np.asarray(self.stats[stat_key]["mean"], np.float32)[:, None, None]
+                    arr = np.where(bad, mean, arr)
+            sample[key] = torch.from_numpy(arr)
+        sample["valid"] = torch.from_numpy(valid)
+        targets = self.spec.targets
+        if "label" in targets:
+            if self.task in ("scene", "scene_asprs"):
+                sample["label"] = torch.tensor(row["scene_class"], dtype=torch.int64)
+            else:
+                sample["label"] = torch.from_numpy(np.asarray(self._read(i, "label")[0][win[1:]], dtype=np.int64))
+        if "height" in targets:
+            sample["height"] = torch.from_numpy(np.array(self._read(i, "height")[0][win[1:]], dtype=np.float32))
+        if "boxes" in targets:
+            boxes = self._boxes_of(i)
+            if c < size:  # clip to the crop, drop boxes left with no area
+                boxes = boxes - np.array([c0, r0, c0, r0], np.float32)
+                boxes = np.clip(boxes, 0, c)
+                boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+            sample["boxes"] = torch.from_numpy(boxes.astype(np.float32))
+            sample["box_labels"] = torch.zeros(len(boxes), dtype=torch.int64)
+        sample["meta"] = {"task": self.task, "source": row["source"], "tile": row["tile"], "split": self.split,
+                          "label_kind": row["label_kind"], "row": row["row"] + r0, "col": row["col"] + c0}
+        return self.transform(sample) if self.transform is not None else sample
+
+    def collate_fn(self) -> Callable[[list[dict]], dict]:
+        """``detection_collate`` for the detection task, torch's default otherwise."""
+        from torch.utils.data import default_collate
+
+        return detection_collate if "boxes" in self.spec.targets else default_collate
+
+    def __repr__(self) -> str:
+        return f"SampleTiles(task={self.task!r}, split={self.split!r}, n={len(self)}, modalities={self.modalities}, backend={self.backend!r})"
+
+
+__all__ = ["SampleTiles", "load_stats", "INPUT_KEYS"]
