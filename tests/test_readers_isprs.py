@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from readers_fakes import ISPRS, make_potsdam, make_vaihingen, rand_u8, truncate, write_tif  # noqa: E402
@@ -41,7 +42,7 @@ def test_potsdam_official_split_and_values(potsdam):
     assert (s["ms"].numpy() == np.concatenate([d["rgb"], d["ir"]])).all()  # R, G, B, IR
     assert np.allclose(s["dsm"].numpy(), d["dsm"])  # heights in metres, zero-padded file name
     assert s["meta"]["dsm_file"] == "dsm_potsdam_02_10.tif"
-    assert s["label"].dtype == np.int64 or str(s["label"].dtype) == "torch.int64"
+    assert s["label"].dtype == torch.int64 and s["dsm"].dtype == torch.float32
     assert (s["label"].numpy() == d["label"]).all()
 
 
@@ -81,6 +82,17 @@ def test_potsdam_crops_and_seeded_fraction(potsdam):
         Potsdam(root, "val")
     with pytest.raises(ConfigError, match="modalities"):
         Potsdam(root, "train", modalities=("rgb", "sar"))
+    with pytest.raises(ConfigError, match="stride"):
+        Potsdam(root, "train", stride=4)
+
+
+def test_potsdam_batches_through_worker_processes(potsdam):
+    root, _ = potsdam
+    ds = Potsdam(root, "test", modalities=("rgb", "dsm"), crop_size=8)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+    batch = next(iter(loader))
+    assert batch["rgb"].shape == (4, 3, 8, 8) and batch["label"].shape == (4, 8, 8)
+    assert batch["meta"]["id"] == ["2_13"] * 4
 
 
 @pytest.fixture

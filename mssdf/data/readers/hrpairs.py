@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from mssdf.config import ConfigError
 from mssdf.data.io import DataError, RasterInfo, check_aligned
 from mssdf.data.readers.base import (
     ReaderDataset,
@@ -78,8 +79,8 @@ class HRPairs(ReaderDataset):
         check_choice(split, ("all", "train"), "split")
         self.window_size = window_size
         self.black_threshold = check_fraction(black_threshold, "black_threshold")
-        if max_retries < 0:
-            raise DataError(f"max_retries={max_retries} must be >= 0")
+        if max_retries < 0 or window_size <= 0:
+            raise ConfigError(f"max_retries={max_retries} must be >= 0 and window_size={window_size} > 0")
         self.max_retries = max_retries
         self.seed = seed
         self.epoch = 0

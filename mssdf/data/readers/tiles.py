@@ -15,6 +15,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
+from mssdf.config import ConfigError
 from mssdf.data.io import DataError, RasterInfo, check_aligned
 from mssdf.data.readers.base import (
     IGNORE_INDEX,
@@ -99,7 +100,10 @@ class TiledSegmentation(ReaderDataset):
         check_choice(unknown_colors, ("error", "ignore"), "unknown_colors")
         check_fraction(train_fraction, "train_fraction")
         if crop_size is None and stride is not None:
-            raise DataError("stride given without crop_size")
+            raise ConfigError("stride given without crop_size")
+        for name, value in (("crop_size", crop_size), ("stride", stride)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"{name}={value!r}: expected a positive integer")
         self.palette = palette
         self.crop_size = crop_size
         self.stride = stride if stride is not None else crop_size
