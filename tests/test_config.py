@@ -23,12 +23,14 @@ class Outer:
     inner: Inner = field(default_factory=Inner)
     table: dict[str, Inner] = field(default_factory=dict)
     maybe: int | None = None
+    pair: tuple[float, str] = (0.5, "a")
 
 
 def test_round_trip_and_coercions():
     cfg = from_dict(Outer, {"steps": 5, "sizes": [3, 4], "inner": {"rate": 1}, "table": {"k": {"kind": "b"}}})
     assert cfg == Outer(steps=5, sizes=(3, 4), inner=Inner(rate=1.0), table={"k": Inner(kind="b")})
     assert from_dict(Outer, to_dict(cfg)) == cfg
+    assert from_dict(Outer, {"pair": [1, "b"]}).pair == (1.0, "b")
     assert replace(cfg, steps=9).steps == 9
 
 
@@ -43,6 +45,8 @@ def test_round_trip_and_coercions():
         ({"sizes": "12"}, r"pretrain.sizes: expected a list"),
         ({"table": {"k": {"rate": "fast"}}}, r"pretrain.table.k.rate: expected a number"),
         ({"maybe": 1.5}, r"pretrain.maybe"),
+        ({"pair": [1, 2]}, r"pretrain.pair\[1\]: expected a string"),
+        ({"pair": [1]}, r"pretrain.pair: expected 2 items"),
     ],
 )
 def test_bad_values_name_the_key(data, message):
