@@ -321,7 +321,7 @@ SOURCE_TASKS = {s: [t for t, spec in TASKS.items() if spec.source == s] for s in
 
 # ----------------------------------------------------------------------------- tiling and writing
 def _tile_transform(transform, row: int, col: int):
-    return transform * transform.translation(col, row)
+    return transform @ transform.translation(col, row)
 
 
 def _res_m(cfg: PrepareConfig, source: str, scene: Scene) -> float:

@@ -1,0 +1,222 @@
+"""End-to-end preparation on a fake data/raw, every bad-input case, and the sample datasets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from data_fakes import SMALL, make_raw, write_tif
+from rasterio.transform import Affine
+
+from mssdf.config import ConfigError, from_dict
+from mssdf.data.io import DataError, read_raster
+from mssdf.data.prepare import TASKS, PrepareConfig, prepare, read_index
+from mssdf.data.sample import SampleTiles, load_stats
+from mssdf.data.stats import band_stats
+from mssdf.data.tiling import split_overlaps
+
+
+def _cfg(raw, out, **kw):
+    return from_dict(PrepareConfig, {"raw_dir": str(raw), "out_dir": str(out), **SMALL, **kw})
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    base = tmp_path_factory.mktemp("prep")
+    raw = make_raw(base / "raw")
+    summary = prepare(_cfg(raw, base / "out"), log=None)
+    return base / "out", summary, raw
+
+
+def test_outputs_and_index(prepared):
+    out, summary, _ = prepared
+    for name in ("index.csv", "stats.json", "tasks.json", "summary.json", "README.md", "LICENSE.md"):
+        assert (out / name).is_file()
+    rows = read_index(out)
+    assert {r["task"] for r in rows} == set(TASKS)
+    for r in rows:
+        for rel in r["files"].values():
+            assert (out / rel).is_file()
+    tif = out / rows[0]["files"][TASKS[rows[0]["task"]].inputs[0]]
+    from mssdf.data.io import raster_info
+
+    assert raster_info(tif).crs is not None  # georeferencing kept
+
+
+def test_synthetic_and_derived_marked(prepared):
+    out, summary, _ = prepared
+    rows = read_index(out)
+    kinds = {r["task"]: (r["label_kind"], r["synthetic"], r["derived"]) for r in rows}
+    assert kinds["change"] == ("synthetic", 1, 0)
+    assert kinds["scene"] == ("derived", 0, 1) and kinds["scene_asprs"] == ("derived", 0, 1)
+    assert kinds["seg_roads"] == ("real", 0, 0)
+    tasks = json.loads((out / "tasks.json").read_text())
+    assert tasks["change"]["synthetic"] and tasks["scene"]["derived"]
+    assert "SYNTHETIC" in (out / "README.md").read_text()
+
+
+def test_no_pixel_in_two_splits(prepared):
+    out, _, _ = prepared
+    rows = read_index(out)
+    for scene in {r["scene"] for r in rows}:
+        rs = [r for r in rows if r["scene"] == scene and r["task"] == rows[0]["task"]] or [r for r in rows if r["scene"] == scene]
+        rs = {(r["row"], r["col"], r["split"], r["size"]) for r in rows if r["scene"] == scene}
+        wins = np.array([[a, b] for a, b, _, _ in rs])
+        splits = np.array([["train", "val", "test"].index(s) for _, _, s, _ in rs])
+        size = next(iter(rs))[3]
+        assert split_overlaps(wins, splits, size, (wins[:, 0].max() + size, wins[:, 1].max() + size)) == 0
+
+
+def test_stats_from_train_tiles_only(prepared):
+    out, _, _ = prepared
+    stats = json.loads((out / "stats.json").read_text())
+    rows = [r for r in read_index(out) if r["task"] == "pretrain_rotterdam"]
+    train = [read_raster(out / r["files"]["ms"]) for r in rows if r["split"] == "train"]
+    everything = [read_raster(out / r["files"]["ms"]) for r in rows]
+    expect = band_stats(train)
+    np.testing.assert_allclose(stats["rotterdam"]["ms"]["mean"], expect["mean"], rtol=1e-9)
+    assert not np.allclose(stats["rotterdam"]["ms"]["mean"], band_stats(everything)["mean"], rtol=1e-9)
+    assert stats["rotterdam"]["ms"]["bands"] == ["blue", "green", "red", "nir"]
+
+
+def test_heights_in_metres_and_targets(prepared):
+    out, _, _ = prepared
+    ds = SampleTiles(out, "height", "train")
+    s = ds[0]
+    assert s["rgb"].shape[0] == 3 and s["height"].dtype == torch.float32
+    h = torch.cat([ds[i]["height"].flatten() for i in range(len(ds))])
+    assert 9.5 < float(h[torch.isfinite(h)].max()) < 10.5  # the 10 m building, not 32.8 "feet"
+    stats = load_stats(out, "pretrain_autzen")
+    assert 95 < stats["dsm"]["mean"][0] < 115
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_sample_backends_agree(prepared, task):
+    out, _, _ = prepared
+    for split in ("train", "val", "test"):
+        a, b = SampleTiles(out, task, split, backend="npy"), SampleTiles(out, task, split, backend="tif")
+        assert len(a) == len(b)
+        for i in range(min(len(a), 2)):
+            sa, sb = a[i], b[i]
+            assert sa.keys() == sb.keys()
+            for k in sa:
+                if k != "meta":
+                    assert torch.equal(torch.nan_to_num(sa[k], nan=-1.0), torch.nan_to_num(sb[k], nan=-1.0)), (task, k)
+            spec = TASKS[task]
+            for m in spec.inputs:
+                assert sa[m].dtype == torch.float32 and sa[m].ndim == 3 and torch.isfinite(sa[m]).all()
+            if "label" in spec.targets:
+                assert sa["label"].dtype == torch.int64
+            if "boxes" in spec.targets:
+                assert sa["boxes"].shape[-1] == 4
+            assert sa["meta"]["label_kind"] == spec.label_kind
+
+
+def test_random_crop_and_loader(prepared):
+    out, _, _ = prepared
+    ds = SampleTiles(out, "pretrain_rotterdam", "train", crop=8, random_crop=True, seed=1)
+    s = ds[0]
+    assert s["pan"].shape == (1, 8, 8) and s["ms"].shape == (4, 8, 8)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert batch["pan"].shape == (4, 1, 8, 8)
+    det = SampleTiles(out, "detection", "train")
+    b = next(iter(torch.utils.data.DataLoader(det, batch_size=2, collate_fn=det.collate_fn())))
+    assert isinstance(b["boxes"], list)
+    with pytest.raises(DataError, match="unknown task"):
+        SampleTiles(out, "nope", "train")
+
+
+def test_nodata_inputs_filled_and_flagged(tmp_path):
+    raw = make_raw(tmp_path / "raw")
+    out = tmp_path / "out"
+    prepare(_cfg(raw, out, sources="rotterdam", rotterdam_stride=4, max_nodata=0.5, val_fraction=0.0, test_fraction=0.0), log=None)
+    ds = SampleTiles(out, "pretrain_rotterdam", "train")
+    flagged = [i for i in range(len(ds)) if not bool(ds[i]["valid"].all())]
+    assert flagged, "the fake has a no-data border in scene 2"
+    s = ds[flagged[0]]
+    assert torch.isfinite(s["pan"]).all()
+    raw = SampleTiles(out, "pretrain_rotterdam", "train", fill_nodata=False)[flagged[0]]
+    assert torch.isnan(raw["pan"]).any()
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.fixture()
+def raw(tmp_path):
+    return make_raw(tmp_path / "raw")
+
+
+def _fails(raw, tmp_path, match, **kw):
+    with pytest.raises(DataError, match=match):
+        prepare(_cfg(raw, tmp_path / "out", **kw), log=None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_partner_file(raw, tmp_path):
+    (raw / "solaris/preproc_tutorial/ms2.tif").unlink()
+    _fails(raw, tmp_path, r"ms2\.tif: file not found \(needed with .*pan2\.tif")
+
+
+def test_truncated_raster(raw, tmp_path):
+    p = raw / "solaris/road_mask_input.tif"
+    p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3])
+    _fails(raw, tmp_path, r"road_mask_input\.tif")
+
+
+def test_wrong_band_count(raw, tmp_path):
+    write_tif(raw / "solaris/preproc_tutorial/ms1.tif", np.ones((3, 32, 32)), "EPSG:32631",
+              Affine(1.0, 0, 594000.0, 0, -1.0, 5747000.0))
+    _fails(raw, tmp_path, r"ms1\.tif: has 3 band\(s\), expected 4")
+
+
+def test_mismatched_size_crs_transform(raw, tmp_path):
+    p = raw / "solaris/sample_road_raster_mask.tif"
+    write_tif(p, np.zeros((90, 96), np.uint8), "EPSG:4326", Affine(2.7e-6, 0, -115.2338, 0, -2.7e-6, 36.1423))
+    _fails(raw, tmp_path, r"sample_road_raster_mask\.tif: size 90x96 differs")
+    write_tif(p, np.zeros((96, 96), np.uint8), "EPSG:32611", Affine(2.7e-6, 0, -115.2338, 0, -2.7e-6, 36.1423))
+    _fails(raw, tmp_path, r"sample_road_raster_mask\.tif: CRS EPSG:32611 differs")
+    write_tif(p, np.zeros((96, 96), np.uint8), "EPSG:4326", Affine(2.7e-6, 0, -115.2, 0, -2.7e-6, 36.1423))
+    _fails(raw, tmp_path, r"sample_road_raster_mask\.tif: transform .* differs")
+
+
+def test_unknown_label_value(raw, tmp_path):
+    p = raw / "solaris/sample_road_raster_mask.tif"
+    mask = read_raster(p, dtype=np.uint8)
+    mask[0, 0, :5] = 128
+    write_tif(p, mask, "EPSG:4326", Affine(2.7e-6, 0, -115.2338, 0, -2.7e-6, 36.1423))
+    _fails(raw, tmp_path, r"sample_road_raster_mask\.tif: unknown label value\(s\) \[128\]")
+
+
+def test_all_nodata_scene(raw, tmp_path):
+    p = raw / "solaris/sample_geotiff.tif"
+    write_tif(p, np.zeros((96, 96), np.uint16), "EPSG:32616", Affine(0.5, 0, 733600.0, 0, -0.5, 3725100.0), nodata=0)
+    _fails(raw, tmp_path, r"sample_geotiff\.tif: every pixel is no data", sources="atlanta")
+
+
+def test_nodata_heavy_tiles_rejected_and_counted(raw, tmp_path):
+    s = prepare(_cfg(raw, tmp_path / "out", sources="autzen"), log=None)
+    c = s["tiles_per_source"]["autzen"]
+    assert c["rejected_nodata"] > 0  # tiles over the no-data gap (NaN heights) are skipped, and counted
+    assert c["windows"] == c["rejected_nodata"] + c["dropped_block_border"] + c["train"] + c["val"] + c["test"]
+    for r in read_index(tmp_path / "out"):
+        assert r["nodata_frac"] <= 0.3
+
+
+def test_failure_keeps_existing_output(raw, tmp_path):
+    out = tmp_path / "out"
+    prepare(_cfg(raw, out, sources="lasvegas"), log=None)
+    before = (out / "index.csv").read_bytes()
+    (raw / "laspy/autzen_trim.laz").write_bytes(b"LASF broken")
+    with pytest.raises(DataError, match="autzen_trim.laz"):
+        prepare(_cfg(raw, out), log=None)
+    assert (out / "index.csv").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_unknown_config_key_fails():
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(PrepareConfig, {"tile_sise": 3})
+    with pytest.raises(ConfigError, match="sources"):
+        from_dict(PrepareConfig, {"sources": "autzen,mars"})

@@ -1,0 +1,42 @@
+"""Preparation on the real fetched sample (data/raw), if it is there."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mssdf.data.fetch import check_manifest
+from mssdf.data.prepare import TASKS, PrepareConfig, prepare, read_index
+from mssdf.data.sample import SampleTiles
+from mssdf.data.tiling import split_overlaps
+from mssdf.paths import resolve
+
+RAW = resolve("data/raw")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (RAW / "MANIFEST.json").is_file(), reason="data/raw not fetched: run `make setup` or `python -m mssdf.data.fetch --out data/raw`")
+def test_prepare_real_sample(tmp_path):
+    assert check_manifest(RAW) == [], "data/raw differs from its manifest: re-run the fetch"
+    cfg = PrepareConfig(raw_dir=str(RAW), out_dir=str(tmp_path / "prepared"), autzen_stride=32, ign_stride=16,
+                        lasvegas_tile=128, lasvegas_stride=128, lasvegas_block=256, build_cache=True)
+    summary = prepare(cfg, log=None)
+    out = tmp_path / "prepared"
+    rows = read_index(out)
+    assert {r["task"] for r in rows} == set(TASKS)
+    for task in ("pretrain_rotterdam", "seg_buildings", "seg_roads", "change", "detection", "scene"):
+        assert all(summary["rows_per_task"][task][s] > 0 for s in ("train", "val", "test")), task
+    # Autzen heights are metres (the file is in feet): roofs/trees of a few to ~30 m, DSM ~ 120-160 m
+    stats = json.loads((out / "stats.json").read_text())
+    assert 110 < stats["autzen"]["dsm"]["mean"][0] < 170
+    h = SampleTiles(out, "height", "train")[0]["height"]
+    assert float(np.nanmax(h.numpy())) < 40
+    for scene in {r["scene"] for r in rows}:
+        rs = {(r["row"], r["col"], r["split"], r["size"]) for r in rows if r["scene"] == scene}
+        wins = np.array([[a, b] for a, b, _, _ in rs])
+        sp = np.array([("train", "val", "test").index(s) for _, _, s, _ in rs])
+        size = next(iter(rs))[3]
+        assert split_overlaps(wins, sp, size, (int(wins[:, 0].max()) + size, int(wins[:, 1].max()) + size)) == 0
+    assert summary["scene_notes"]["atlanta"]["footprints"] == 43
