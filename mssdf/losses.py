@@ -23,6 +23,7 @@ transposes 3-D tensors and so computes something else than it describes):
   encoder cls token, over the model's modality count.
 
 A term with weight 0 is switched off (not computed); every computed term is reported.
+Under bf16 autocast the terms are computed in float32 (autocast is disabled inside).
 Pair terms need at least two modalities and are skipped with one; the modality term
 needs a model with at least two modalities.
 """
@@ -130,6 +131,12 @@ def mssdf_loss(out: MSSDFOutput, cfg: LossConfig = LossConfig()) -> tuple[Tensor
         ``(total, terms)``: the scalar to back-propagate and ``{term: unweighted value}``
         (detached) for every computed term.
     """
+    device_type = next(iter(out.pred.values())).device.type
+    with torch.autocast(device_type=device_type, enabled=False):  # losses in fp32 under bf16 autocast
+        return _mssdf_loss(out, cfg)
+
+
+def _mssdf_loss(out: MSSDFOutput, cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
     terms: dict[str, Tensor] = {}
     keys = list(out.pred)
     pairs = list(itertools.combinations(keys, 2))

@@ -84,7 +84,7 @@ class MaskingConfig:
     cross_modal: bool = True
     reference: str | None = None  # None: the first modality key
     substitution: SubstitutionSchedule = field(default_factory=SubstitutionSchedule)
-    chunk_size: int = 4  # samples scored at once (bounds temporary memory; see benchmarks)
+    chunk_size: int = 2  # samples scored at once (bounds temporary memory; benchmarks/bench_masking.py sweep)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -145,7 +145,7 @@ def _sobel_variance(patches: Tensor) -> Tensor:
     return grad + var.clamp_min_(0.0)
 
 
-def patch_scores(image: Tensor, patch: int, modality: str = "", chunk_size: int = 4) -> Tensor:
+def patch_scores(image: Tensor, patch: int, modality: str = "", chunk_size: int = 2) -> Tensor:
     """Information score of every patch of a batch of raw images.
 
     Args:
@@ -173,7 +173,7 @@ def information_scores(
     patch: int,
     modality_weights: Mapping[str, float] | None = None,
     normalize: bool = True,
-    chunk_size: int = 4,
+    chunk_size: int = 2,
 ) -> Tensor:
     """Combined per-patch information score over all modalities.
 

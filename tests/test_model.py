@@ -150,3 +150,17 @@ def test_forward_is_deterministic_in_eval(micro_model):
     b = step_output(micro_model, x).pred["ms"]
     assert torch.equal(a, b)
     assert MODALITIES == dict(micro_model.cfg.modalities)
+
+
+def test_bf16_autocast_forward_backward_with_fp32_losses(micro_model):
+    x = batch()
+    masks = generate_masks(x, 8, MaskingConfig(), generator=torch.Generator().manual_seed(0))
+    _, ref_terms = mssdf_loss(micro_model(x, masks))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = micro_model(x, masks)
+        total, terms = mssdf_loss(out)
+    assert out.pred["rgb"].dtype == torch.bfloat16 and out.target["rgb"].dtype == torch.float32
+    assert total.dtype == torch.float32 and all(v.dtype == torch.float32 for v in terms.values())
+    for k in terms:  # bf16 activations, fp32 losses: close to the fp32 run
+        assert abs(terms[k] - ref_terms[k]) < 0.05 * max(1.0, abs(ref_terms[k])), k
+    total.backward()
