@@ -1,0 +1,140 @@
+"""Write notebooks/01_prepare_data.ipynb (run: python scripts/make_prepare_notebook.py).
+
+The notebook holds narrative, a papermill ``parameters`` cell, calls into mssdf.data and
+plots only; everything it computes lives in the package.
+"""
+
+from pathlib import Path
+
+import nbformat as nbf
+
+md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+cells = [
+    md("""# 01 · Preparing the embedded real sample
+
+This notebook turns the real sample fetched by `make setup` (`data/raw`, see `data/raw/README.md`)
+into tiles, a tile index, train-only band statistics and a memory-mapped cache, by calling
+`mssdf.data.prepare.prepare`. Everything computed here lives in `mssdf/data/`; the notebook only
+sets parameters, calls the library and shows what came out so a person can check it by eye.
+
+Run by DVC (stage `prepare`, parameters from the `prepare:` section of `params.yaml`, output
+`data/prepared`), or top to bottom with the cheap defaults below (output in `scratch/prepare`)."""),
+    code("""# Parameters (papermill overrides these; the defaults are a cheap smoke run into scratch/)
+raw_dir = "data/raw"
+out_dir = "scratch/prepare"
+sources = "autzen,ign,rotterdam,atlanta,lasvegas"
+seed = 0
+val_fraction = 0.2
+test_fraction = 0.2
+max_nodata = 0.3
+autzen_res = 1.0
+autzen_tile = 64
+autzen_stride = 32
+autzen_block = 96
+ign_res = 0.5
+ign_min_density = 2.0
+ign_tile = 32
+ign_stride = 16
+ign_block = 32
+rotterdam_res = 0.5
+rotterdam_tile = 64
+rotterdam_stride = 64
+rotterdam_block = 128
+atlanta_tile = 64
+atlanta_stride = 64
+atlanta_block = 128
+lasvegas_tile = 64
+lasvegas_stride = 64
+lasvegas_block = 128
+max_hole_px = 4
+change_per_tile = 2
+min_box_pixels = 16""", metadata={"tags": ["parameters"]}),
+    code("""import json
+import matplotlib
+import matplotlib.pyplot as plt
+
+from mssdf.config import from_dict, to_dict
+from mssdf.data import preview
+from mssdf.data.prepare import TASKS, PrepareConfig, prepare
+from mssdf.paths import resolve
+
+# The parameters above become a typed config: an unknown or mistyped key fails here.
+cfg = from_dict(PrepareConfig, {k: v for k, v in dict(globals()).items() if k in PrepareConfig.__dataclass_fields__})
+OUT = resolve(cfg.out_dir)
+PREVIEWS = OUT / "previews"
+print(json.dumps(to_dict(cfg), indent=1))"""),
+    md("""## Run the preparation
+
+Inputs are validated first (presence, readability, band counts, CRS/size/transform agreement,
+label values); the output is written to a temporary folder that replaces `out_dir` only when
+everything succeeded."""),
+    code("""summary = prepare(cfg)
+PREVIEWS.mkdir(exist_ok=True)
+print(json.dumps(summary["tiles_per_source"], indent=1))"""),
+    md("""## Tiles per task and split
+
+`label_kind` says where the labels come from: **real** (SpaceNet footprints and road mask, IGN
+lidar classes, Autzen heights), **synthetic** (the change task: objects removed, pasted or shifted
+in real tiles, with the exact change mask) or **derived** (scene classes computed from real labels).
+There are no real change-detection or scene-classification labels in this sample."""),
+    code("""table = preview.tiles_table(OUT)
+print(f"{'task':20s} {'source':10s} {'labels':10s} {'train':>6s} {'val':>5s} {'test':>5s}")
+for r in table:
+    print(f"{r['task']:20s} {r['source']:10s} {r['label_kind']:10s} {r['train']:6d} {r['val']:5d} {r['test']:5d}")
+synthetic = [t for t, s in TASKS.items() if s.label_kind == "synthetic"]
+derived = [t for t, s in TASKS.items() if s.label_kind == "derived"]
+print("\\nSYNTHETIC labels:", synthetic, "| DERIVED labels:", derived)"""),
+    md("""## Scenes: RGB / pan, false-colour NIR, DSM hillshade, heights, labels
+
+Check: colours look natural; vegetation is bright in the NIR false colour; the hillshade shows
+buildings and trees (Autzen is a rotated strip, white = no lidar points); nDSM is a few metres on
+roofs and trees and ~0 on the ground (heights were converted from feet); footprints and roads lie
+on the buildings and roads of the image."""),
+    code("""fig = preview.scene_previews(OUT, cfg.source_list)
+fig.savefig(PREVIEWS / "scenes.png", dpi=70)
+plt.show()"""),
+    md("""## Tile map coloured by split
+
+Splits are made of spatial blocks: no pixel belongs to tiles of two splits. Tiles missing from
+the map were rejected (too much no data) or straddled blocks of different splits."""),
+    code("""fig = preview.tile_maps(OUT)
+fig.savefig(PREVIEWS / "tile_map.png", dpi=70)
+plt.show()"""),
+    md("""## Per-band histograms (train tiles, raw values)
+
+The model normalises with the train-only mean/std in `stats.json`."""),
+    code("""fig = preview.band_histograms(OUT)
+fig.savefig(PREVIEWS / "histograms.png", dpi=70)
+plt.show()
+stats = json.loads((OUT / "stats.json").read_text())
+for source, keys in stats.items():
+    for key, st in keys.items():
+        print(f"{source:10s} {key:7s} mean={[round(v, 1) for v in st['mean']]} std={[round(v, 1) for v in st['std']]}")"""),
+    md("""## Detection boxes and SYNTHETIC change pairs
+
+Boxes are the extents of the real Atlanta footprints inside each tile. The change pairs are
+**synthetic**: the "after" image is the real tile with buildings removed, pasted or shifted; it
+equals the "before" image exactly outside the mask (a real pair would also differ in light,
+season and registration, so scores on it are optimistic)."""),
+    code("""fig = preview.detection_examples(OUT)
+fig.savefig(PREVIEWS / "detection.png", dpi=70)
+plt.show()
+fig = preview.change_examples(OUT)
+fig.savefig(PREVIEWS / "change_synthetic.png", dpi=70)
+plt.show()"""),
+    md("""## Checks recorded during preparation"""),
+    code("""print(json.dumps(summary["scene_notes"], indent=1))"""),
+    md("""## Licences and attribution
+
+Prepared tiles keep their sources' licences: SpaceNet tiles (Rotterdam, Atlanta, Las Vegas) are
+CC BY-SA 4.0 (footprint attributes from OpenStreetMap, ODbL), the Autzen lidar comes with laspy/PDAL
+(BSD-2-Clause), the Lambert-93 lidar is most likely IGN LiDAR HD (Etalab Open Licence 2.0)."""),
+    code("""print((OUT / "LICENSE.md").read_text())"""),
+]
+nb = nbf.v4.new_notebook(cells=cells, metadata={
+    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+    "language_info": {"name": "python"},
+})
+path = Path(__file__).resolve().parents[1] / "notebooks" / "01_prepare_data.ipynb"
+nbf.write(nb, path)
+print(f"wrote {path}")
