@@ -11,6 +11,7 @@ STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export OMP_NUM_THREADS ?= 2
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+export IPYTHONDIR := $(CURDIR)/.ipython
 
 .PHONY: setup repro test bench clean-venv
 
