@@ -18,48 +18,29 @@ into tiles, a tile index, train-only band statistics and a memory-mapped cache, 
 sets parameters, calls the library and shows what came out so a person can check it by eye.
 
 Run by DVC (stage `prepare`, parameters from the `prepare:` section of `params.yaml`, output
-`data/prepared`), or top to bottom with the cheap defaults below (output in `scratch/prepare`)."""),
-    code("""# Parameters (papermill overrides these; the defaults are a cheap smoke run into scratch/)
-raw_dir = "data/raw"
-out_dir = "scratch/prepare"
-sources = "autzen,ign,rotterdam,atlanta,lasvegas"
-seed = 0
-val_fraction = 0.2
-test_fraction = 0.2
-max_nodata = 0.3
-autzen_res = 1.0
-autzen_tile = 64
-autzen_stride = 32
-autzen_block = 96
-ign_res = 0.5
-ign_min_density = 2.0
-ign_tile = 32
-ign_stride = 16
-ign_block = 32
-rotterdam_res = 0.5
-rotterdam_tile = 64
-rotterdam_stride = 64
-rotterdam_block = 128
-atlanta_tile = 64
-atlanta_stride = 64
-atlanta_block = 128
-lasvegas_tile = 64
-lasvegas_stride = 64
-lasvegas_block = 128
-max_hole_px = 4
-change_per_tile = 2
-min_box_pixels = 16""", metadata={"tags": ["parameters"]}),
+`data/prepared`), or top to bottom with the cheap defaults below (output in `scratch/prepare`;
+keys left out take the defaults of `mssdf.data.prepare.PrepareConfig`)."""),
+    code("""# Parameters: DVC runs `papermill ... -f params.yaml`, which replaces this dict with the
+# `prepare:` section of params.yaml. The defaults are a cheap smoke run into scratch/.
+prepare = {
+    "raw_dir": "data/raw",
+    "out_dir": "scratch/prepare",
+    "sources": "autzen,ign,rotterdam,atlanta,lasvegas",
+    "autzen_stride": 32,
+    "ign_stride": 16,
+}""", metadata={"tags": ["parameters"]}),
     code("""import json
 import matplotlib
 import matplotlib.pyplot as plt
 
 from mssdf.config import from_dict, to_dict
 from mssdf.data import preview
-from mssdf.data.prepare import TASKS, PrepareConfig, prepare
+from mssdf.data.prepare import TASKS, PrepareConfig
+from mssdf.data.prepare import prepare as run_prepare
 from mssdf.paths import resolve
 
 # The parameters above become a typed config: an unknown or mistyped key fails here.
-cfg = from_dict(PrepareConfig, {k: v for k, v in dict(globals()).items() if k in PrepareConfig.__dataclass_fields__})
+cfg = from_dict(PrepareConfig, prepare, "prepare")
 OUT = resolve(cfg.out_dir)
 PREVIEWS = OUT / "previews"
 print(json.dumps(to_dict(cfg), indent=1))"""),
@@ -68,7 +49,7 @@ print(json.dumps(to_dict(cfg), indent=1))"""),
 Inputs are validated first (presence, readability, band counts, CRS/size/transform agreement,
 label values); the output is written to a temporary folder that replaces `out_dir` only when
 everything succeeded."""),
-    code("""summary = prepare(cfg)
+    code("""summary = run_prepare(cfg)
 PREVIEWS.mkdir(exist_ok=True)
 print(json.dumps(summary["tiles_per_source"], indent=1))"""),
     md("""## Tiles per task and split
