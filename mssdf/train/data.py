@@ -1,0 +1,221 @@
+"""Pre-training data: datasets, the deterministic global-batch sampler, collation.
+
+Determinism contract (what exact resume and world-size invariance rest on):
+
+* the order of an epoch is ``randperm(n)`` from a generator seeded with
+  ``(seed, epoch)``; global batch ``k`` is positions ``[k·G, (k+1)·G)`` of it
+  (``G = batch_size · world_size``, incomplete last batch dropped) and rank ``r`` takes
+  the contiguous slice ``[r·b, (r+1)·b)`` of it — so the global batch, and each
+  sample's position in it, do not depend on the number of processes
+  (``DistributedSampler`` strides ranks instead, which would not keep positions);
+* the sampler yields ``(epoch, index)`` keys, and random crops of the prepared tiles
+  are seeded by ``(seed, epoch, index)`` — not by how many samples a worker has read;
+* resuming starts the sampler at the saved batch of the saved epoch: consumed batches
+  are skipped without being loaded.
+
+Batches are ``{modality: (B, C_m, H, W)}`` float32 raw values.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from mssdf.data.io import DataError
+from mssdf.model import NormStats
+from mssdf.paths import resolve
+from mssdf.train.config import CHANNELS, PretrainConfig
+
+Key = tuple[int, int]  # (epoch, index)
+
+
+class GlobalBatchSampler(Sampler[list[Key]]):
+    """This rank's slice of deterministic global batches (see the module docstring).
+
+    Args:
+        num_samples: dataset length ``n``.
+        batch_size: per-process batch ``b``.
+        rank, world_size: this process and the number of processes.
+        seed: seed of the per-epoch permutation.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+        self.n, self.b, self.rank, self.world, self.seed = num_samples, batch_size, rank, world_size, seed
+        self.global_batch = batch_size * world_size
+        if num_samples < self.global_batch:
+            raise DataError(f"the dataset has {num_samples} samples, fewer than one global batch ({self.global_batch})")
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate epoch ``epoch`` from its batch ``start_batch`` (earlier batches are skipped unread)."""
+        self.epoch, self.start = epoch, start_batch
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """``(n,)`` sample order of ``epoch`` (a function of ``(seed, epoch)`` only)."""
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0]))
+        return torch.randperm(self.n, generator=g)
+
+    def __len__(self) -> int:
+        return self.n // self.global_batch - self.start
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // self.global_batch
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        perm = self.permutation(self.epoch)
+        for k in range(self.start, self.batches_per_epoch):
+            lo = k * self.global_batch + self.rank * self.b
+            yield [(self.epoch, int(i)) for i in perm[lo : lo + self.b]]
+
+
+class KeyedDataset(Dataset):
+    """Adapter: ``(epoch, index)`` keys → ``{modality: (C, H, W)}`` float32 tensors.
+
+    ``base[index]`` must be a mapping holding the modality keys (other keys are dropped).
+    A base with a ``get(epoch, index)`` method is asked through it instead (epoch-seeded
+    augmentation).
+    """
+
+    def __init__(self, base: Dataset, modalities: Sequence[str]) -> None:
+        self.base, self.modalities = base, tuple(modalities)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
+        epoch, index = key
+        get = getattr(self.base, "get", None)
+        sample = get(epoch, index) if callable(get) else self.base[index]
+        try:
+            return {m: torch.as_tensor(sample[m], dtype=torch.float32) for m in self.modalities}
+        except KeyError as err:
+            raise DataError(f"sample {index} has no modality {err} (keys: {sorted(sample)})") from None
+
+
+class SyntheticPairs(Dataset):
+    """Deterministic smooth random multi-modal images (tests and smoke runs).
+
+    Sample ``i`` is a function of ``(seed, i)``: a low-resolution random field
+    upsampled bilinearly (so neighbouring patches correlate), shared by all modalities
+    up to a per-band affine map and noise, in plausible raw ranges (rgb 0–255, ms
+    0–600, dsm/ndsm 0–30 m, pan 0–1000).
+
+    Returns ``{modality: (C, size, size)}`` float32.
+    """
+
+    SCALE = {"rgb": 255.0, "ms": 600.0, "dsm": 30.0, "ndsm": 30.0, "pan": 1000.0}
+
+    def __init__(self, num_samples: int, size: int, channels: Mapping[str, int], seed: int = 0) -> None:
+        self.n, self.size, self.channels, self.seed = num_samples, size, dict(channels), seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        low = max(2, self.size // 8)
+        field = torch.rand(1, 1, low, low, generator=g)
+        field = F.interpolate(field, size=(self.size, self.size), mode="bilinear", align_corners=False)[0]  # (1, S, S)
+        out = {}
+        for m, c in self.channels.items():
+            gain = 0.5 + torch.rand(c, 1, 1, generator=g)
+            noise = 0.05 * torch.rand(c, self.size, self.size, generator=g)
+            out[m] = ((field * gain + noise).clamp(0, 1) * self.SCALE.get(m, 1.0)).float()
+        return out
+
+
+class PretrainTiles(Dataset):
+    """:class:`~mssdf.data.sample.SampleTiles` with random crops seeded by ``(seed, epoch, index)``."""
+
+    def __init__(self, tiles: Any, seed: int) -> None:
+        self.tiles, self.seed = tiles, seed
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def get(self, epoch: int, index: int) -> dict[str, Any]:
+        self.tiles.rng = np.random.default_rng([self.seed, epoch, index])
+        return self.tiles[index]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get(0, index)
+
+
+def check_data(cfg: PretrainConfig, root: str | Path | None = None) -> Path | None:
+    """Check the prepared data a ``tiles`` run needs (index, statistics, cache) before training.
+
+    Returns:
+        the resolved data folder (None for synthetic data).
+    Raises:
+        DataError: naming the missing path.
+    """
+    if cfg.data.kind != "tiles":
+        return None
+    try:
+        folder = resolve(cfg.data.root, root)
+    except FileNotFoundError:
+        folder = Path(cfg.data.root).resolve()
+    if not folder.is_dir():
+        raise DataError(f"data.root: {folder}: no such folder (run the preparation first)")
+    for name in ("index.csv", "stats.json"):
+        if not (folder / name).is_file():
+            raise DataError(f"data.root: {folder / name}: missing (run the preparation first)")
+    from mssdf.data.prepare import TASKS, read_index
+
+    source = TASKS[cfg.data.task].source
+    rows = [r for r in read_index(folder) if r["task"] == cfg.data.task and r["split"] == cfg.data.split]
+    if not rows:
+        raise DataError(f"data.task: {folder / 'index.csv'} has no {cfg.data.split} tiles of task {cfg.data.task!r}")
+    if cfg.data.backend == "npy":
+        cache = folder / "cache" / source / cfg.data.split
+        if not (cache / "tiles.json").is_file():
+            raise DataError(f"data.backend: {cache / 'tiles.json'}: missing tile cache (prepare with build_cache) or use backend 'tif'")
+        for m in cfg.data.modality_names:
+            stem = "ndsm" if m == "dsm" and cfg.data.dsm_source == "ndsm" else Path(rows[0]["files"].get(m, m)).stem
+            if not (cache / f"{stem}.npy").is_file():
+                raise DataError(f"data.modalities: {cache / (stem + '.npy')}: missing cache file for {m!r}")
+    if cfg.crop > rows[0]["size"]:
+        raise DataError(f"data.crop: {cfg.crop} is larger than the {rows[0]['size']} px tiles of {cfg.data.task!r}")
+    return folder
+
+
+def build_dataset(cfg: PretrainConfig, root: str | Path | None = None) -> tuple[Dataset, dict[str, int], dict[str, NormStats]]:
+    """The run's dataset with the channel counts and normalisation statistics of its modalities."""
+    names = cfg.data.modality_names
+    if cfg.data.kind == "synthetic":
+        channels = {m: CHANNELS[m] for m in names}
+        return SyntheticPairs(cfg.data.synthetic_samples, cfg.crop, channels, cfg.seed), channels, {}
+    from mssdf.data.sample import SampleTiles, load_stats
+
+    folder = check_data(cfg, root)
+    tiles = SampleTiles(
+        folder, cfg.data.task, cfg.data.split, modalities=names, crop=cfg.crop, random_crop=True,
+        backend=cfg.data.backend, dsm_source=cfg.data.dsm_source, fill_nodata=True, seed=cfg.seed,
+    )
+    stats = load_stats(folder, cfg.data.task)
+    channels, norm = {}, {}
+    for m in names:
+        key = "ndsm" if m == "dsm" and cfg.data.dsm_source == "ndsm" else m
+        if key not in stats:
+            raise DataError(f"{folder / 'stats.json'}: no statistics for {key!r} of task {cfg.data.task!r}")
+        mean, std = stats[key]["mean"], stats[key]["std"]
+        channels[m] = len(mean)
+        norm[m] = NormStats(tuple(float(v) for v in mean), tuple(max(float(s), 1e-6) if math.isfinite(s) else 1.0 for s in std))
+    return PretrainTiles(tiles, cfg.seed), channels, norm
+
+
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack ``{m: (C, H, W)}`` samples into ``{m: (B, C, H, W)}``."""
+    return {m: torch.stack([s[m] for s in samples]) for m in samples[0]}
+
+
+__all__ = ["GlobalBatchSampler", "KeyedDataset", "SyntheticPairs", "PretrainTiles", "check_data", "build_dataset", "collate"]

@@ -1,0 +1,137 @@
+"""Process-group set-up for single-process and ``torchrun`` runs.
+
+Under ``torchrun`` the env vars ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``/``MASTER_PORT`` are set; :func:`init_distributed` then joins the group
+(``nccl`` on CUDA, ``gloo`` on CPU). Without them (a notebook kernel, ``python -m``) it
+returns a one-process :class:`DistEnv` and every collective below is a no-op.
+
+The teacher and the EMA are always reached through :func:`unwrap` (the module inside
+``DistributedDataParallel``), never through the wrapper.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits: ``rank`` of ``world_size``, its device and backend."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: no process group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA (this process's local GPU) if available, else CPU."""
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device: cuda requested but CUDA is not available")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join the ``torchrun`` process group if its env vars are present; else one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if world <= 1:
+        return DistEnv(0, 1, 0, dev, None)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+    return DistEnv(rank, world, local_rank, dev, backend)
+
+
+def cleanup(env: DistEnv) -> None:
+    """Leave the process group (if this module joined one)."""
+    if env.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` (or ``model`` itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def wrap_ddp(model: nn.Module, env: DistEnv, find_unused_parameters: bool = False) -> nn.Module:
+    """``DistributedDataParallel`` around ``model`` when distributed, else ``model``.
+
+    Buffers are not re-broadcast each step (the model's buffers are constant
+    normalisation statistics); frozen teacher parameters take no part in the all-reduce.
+    """
+    if not env.distributed:
+        return model
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters
+    )
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's ``obj`` (a list of one on a single process)."""
+    if not env.distributed:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean_across_ranks(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Element-wise mean of a tensor over ranks (the tensor itself on one process)."""
+    if not env.distributed:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / env.world_size
+
+
+def max_across_ranks(value: float, env: DistEnv) -> float:
+    """Maximum of a scalar over ranks."""
+    if not env.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=env.device if env.backend == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+__all__ = [
+    "DistEnv", "pick_device", "init_distributed", "cleanup", "seed_everything", "unwrap", "wrap_ddp", "barrier",
+    "all_gather_objects", "mean_across_ranks", "max_across_ranks",
+]
