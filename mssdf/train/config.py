@@ -21,6 +21,7 @@ given explicitly.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -194,6 +195,8 @@ class PretrainConfig:
             names = self.data.modality_names
             chans = dict(channels) if channels is not None else {m: CHANNELS[m] for m in names}
             spec["modalities"] = {m: chans[m] for m in names}
+            if isinstance(spec.get("normalization"), Mapping):  # statistics of unused modalities are dropped
+                spec["normalization"] = {m: s for m, s in spec["normalization"].items() if m in names}
         if "normalization" not in spec and normalization:
             spec["normalization"] = {m: s for m, s in normalization.items() if m in spec["modalities"]}
         return model_config(preset, **spec)
@@ -324,6 +327,26 @@ def build_config(data: Mapping[str, Any] | None = None, path: str = "") -> Pretr
     return from_dict(PretrainConfig, merged, path)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML safe loader reading ``1e-3`` as a float (YAML 1.2, as DVC's ruamel does)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text safely (floats as YAML 1.2)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_sets(sets: list[str]) -> dict[str, Any]:
     """``["optim.lr=1e-3", "data.modalities=[rgb]"]`` → nested mapping (values parsed as YAML)."""
     out: dict[str, Any] = {}
@@ -331,7 +354,7 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -350,7 +373,7 @@ def load_config(path: str | Path | None = None, section: str | None = None, sets
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = yaml_load(p.read_text()) or {}
         if section:
             if section not in loaded:
                 raise ConfigError(f"{p}: no section {section!r} (sections: {sorted(loaded)})")
