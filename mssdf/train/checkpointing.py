@@ -101,6 +101,14 @@ def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
         p.unlink(missing_ok=True)
 
 
+def remove_partial(out_dir: str | Path) -> None:
+    """Delete temporary files a killed run left behind (never complete checkpoints)."""
+    folder = Path(out_dir) / CHECKPOINTS
+    if folder.is_dir():
+        for p in folder.glob(".step_*.tmp"):
+            p.unlink(missing_ok=True)
+
+
 def save_final(model: MSSDF, out_dir: str | Path, timm: bool = True) -> Path:
     """Write ``<out_dir>/final``: ``model.safetensors`` + ``config.json`` (+ timm exports)."""
     folder = Path(out_dir) / "final"
@@ -112,5 +120,5 @@ def save_final(model: MSSDF, out_dir: str | Path, timm: bool = True) -> Path:
 
 __all__ = [
     "CHECKPOINTS", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "capture_rng", "restore_rng",
-    "save_checkpoint", "load_checkpoint", "prune_checkpoints", "save_final",
+    "save_checkpoint", "load_checkpoint", "prune_checkpoints", "remove_partial", "save_final",
 ]

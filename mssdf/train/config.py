@@ -157,7 +157,6 @@ class PretrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = 0
     export_timm: bool = True
-    flush_denormal: bool = True  # CPU: flush subnormal floats to zero (a ~20x slowdown otherwise)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):

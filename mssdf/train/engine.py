@@ -35,7 +35,7 @@ from mssdf.losses import mssdf_loss
 from mssdf.model import MSSDF, ema_update
 from mssdf.paths import resolve
 from mssdf.train.checkpointing import (
-    capture_rng, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng,
+    capture_rng, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, remove_partial, restore_rng,
     save_checkpoint, save_final,
 )
 from mssdf.train.config import PretrainConfig
@@ -114,8 +114,6 @@ def pretrain(
     if dataset is None:
         check_data(cfg, root)  # fail on missing data before joining any process group
     env = init_distributed(cfg.device)
-    if env.device.type == "cpu" and cfg.flush_denormal:
-        torch.set_flush_denormal(True)  # subnormal floats slow CPU steps ~20x (measured); process-wide
     try:
         return _run(cfg, dataset, env, out_dir, live, live_dir, progress, log, root)
     finally:
@@ -147,6 +145,8 @@ def _run(cfg, dataset, env: DistEnv, out_dir: Path, live, live_dir, progress, lo
     ema = cfg.ema_schedule
 
     step, history, resumed_from = 0, [], None
+    if cfg.resume and env.is_main:
+        remove_partial(out_dir)
     if cfg.resume and (ckpt := latest_checkpoint(out_dir)) is not None:
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"], strict=True)
