@@ -8,13 +8,12 @@ state dict per modality (``timm_<modality>.safetensors`` + ``timm_<modality>.jso
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from mssdf.atomic import atomic_write, atomic_write_text
 from mssdf.config import from_dict, to_dict
 from mssdf.interop import timm_kwargs, to_timm_state_dict
 from mssdf.model import MSSDF, ModelConfig
@@ -22,29 +21,12 @@ from mssdf.model import MSSDF, ModelConfig
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename (never a half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_json(path: Path, data) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
-
-
 def save_pretrained(model: MSSDF, folder: str | Path) -> Path:
     """Write ``model.safetensors`` (student, teacher, heads) and ``config.json``."""
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "mssdf"}))
-    _write_json(folder / CONFIG, {"model": to_dict(model.cfg)})
+    atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "mssdf"}))
+    atomic_write_text(folder / CONFIG, json.dumps({"model": to_dict(model.cfg)}, indent=2) + "\n")
     return folder
 
 
@@ -83,7 +65,10 @@ def export_timm(model: MSSDF, folder: str | Path, modalities: list[str] | None =
     for m in modalities or list(model.cfg.modalities):
         sd = {k: v.contiguous() for k, v in to_timm_state_dict(model.encoder, m).items()}
         target = folder / f"timm_{m}.safetensors"
-        _atomic_write(target, lambda tmp, sd=sd: save_file(sd, tmp, metadata={"format": "timm"}))
-        _write_json(folder / f"timm_{m}.json", timm_kwargs(model.encoder, m))
+        atomic_write(target, lambda tmp, sd=sd: save_file(sd, tmp, metadata={"format": "timm"}))
+        atomic_write_text(folder / f"timm_{m}.json", json.dumps(timm_kwargs(model.encoder, m), indent=2) + "\n")
         written.append(target)
     return written
+
+
+_atomic_write = atomic_write  # transitional name used by mssdf.train; prefer mssdf.atomic

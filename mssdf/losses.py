@@ -8,24 +8,30 @@ transposes 3-D tensors and so computes something else than it describes):
   tokens and then over modalities. Targets are the teacher's layer-normalised patch
   features of the full image (MSSDF) or per-patch-normalised pixels (MAE baseline).
 * **contrast** (weight 0.5): symmetric InfoNCE (τ = 0.07) between two modalities'
-  reconstruction-decoder outputs ``(B, N, Dd)`` restricted to their first
-  ``shared_fraction`` of channels (the *shared* part), within each image over its N
-  co-located patches: position i of modality a and position i of modality b are the
-  positive pair, the other N−1 positions of the same image the negatives. Averaged over
-  images and over all modality pairs.
+  *student encoder* tokens ``(B, n, D)`` at their visible patches, restricted to the
+  first ``shared_fraction`` of the channels (the *shared* part). Within each image, a
+  token of modality a and the token of modality b **at the same patch position** are a
+  positive pair (only positions visible in both modalities have one); every other
+  visible token of b in that image is a negative (and symmetrically). Averaged over
+  positive pairs and over all modality pairs. The encoder is shared, so this aligns
+  what co-located patches of different modalities have in common.
 * **hsic** (weight 0.2): linear HSIC between the remaining channels (the
-  *modality-specific* part) of two modalities, over all B·N tokens, normalised by
-  the two self-HSICs (linear CKA, in [0, 1]) so it cannot be lowered by merely
-  shrinking features. Minimising it keeps
-  the specific parts of different modalities from duplicating each other: alignment of
-  what modalities share, independence of what is unique to each (the abstract's goal).
+  *modality-specific* part) of the same co-located token pairs, over all pairs in the
+  batch, normalised by the two self-HSICs (linear CKA, in [0, 1]) so it cannot be
+  lowered by merely shrinking features. Minimising it keeps the specific parts of
+  different modalities from duplicating each other: alignment of what modalities
+  share, independence of what is unique to each (the abstract's goal).
 * **modality** (weight 0.1): cross-entropy of the modality head on each modality's
   encoder cls token, over the model's modality count.
 
 A term with weight 0 is switched off (not computed); every computed term is reported.
 Under bf16 autocast the terms are computed in float32 (autocast is disabled inside).
-Pair terms need at least two modalities and are skipped with one; the modality term
-needs a model with at least two modalities.
+Pair terms need at least two modalities and are skipped with one (and contribute 0 in
+a batch where no position is visible in both); the modality term needs a model with at
+least two modalities. Why encoder tokens and not decoder outputs: the reconstruction
+decoder sees the same fused tokens for every modality (only the mask token differs),
+so its outputs agree by construction (CKA ≈ 1 at initialisation) and aligning them
+would teach the encoder nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ class LossConfig:
     hsic: float = 0.2
     modality: float = 0.1
     temperature: float = 0.07
-    shared_fraction: float = 0.5  # channels of the decoder features used by InfoNCE; the rest by HSIC
+    shared_fraction: float = 0.5  # channels of the encoder tokens used by InfoNCE; the rest by HSIC
 
     def __post_init__(self) -> None:
         for name in ("reconstruction", "contrast", "hsic", "modality"):
@@ -75,24 +81,51 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:
-    """Symmetric InfoNCE between co-located tokens, within each image.
+def colocated(pos_a: Tensor, pos_b: Tensor) -> Tensor:
+    """``(B, n)``, ``(B, m)`` patch indices → ``(B, n, m)`` bool, True where the positions are equal."""
+    return pos_a.unsqueeze(2) == pos_b.unsqueeze(1)
+
+
+def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07, match: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE within each image.
 
     Args:
-        a, b: ``(B, N, D)``; ``a[i, j]`` and ``b[i, j]`` are a positive pair, the other
-            positions of image ``i`` the negatives. A 2-D ``(N, D)`` input is one image.
+        a: ``(B, n, D)``, b: ``(B, m, D)`` (a 2-D ``(n, D)`` input is one image).
+        match: ``(B, n, m)`` bool, the positive pairs (at most one per row and column);
+            default: the identity (``a[i, j]`` with ``b[i, j]``, needs ``n == m``). Rows and
+            columns without a positive are not scored; all of image i's tokens of the
+            other modality are the candidates.
     Returns:
-        scalar, ``0.5·(CE(a→b) + CE(b→a))`` averaged over images and positions.
+        scalar, ``0.5·(CE(a→b) + CE(b→a))`` averaged over positive pairs (0 if none).
     """
     if a.dim() == 2:
         a, b = a.unsqueeze(0), b.unsqueeze(0)
+        match = None if match is None else match.unsqueeze(0)
     a = F.normalize(a.float(), dim=-1)
     b = F.normalize(b.float(), dim=-1)
-    logits = torch.einsum("bnd,bmd->bnm", a, b) / temperature  # (B, N, N)
-    target = torch.arange(a.shape[1], device=a.device).expand(a.shape[0], -1)  # (B, N)
-    loss_ab = F.cross_entropy(logits.flatten(0, 1), target.flatten())
-    loss_ba = F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.flatten())
+    logits = torch.einsum("bnd,bmd->bnm", a, b) / temperature  # (B, n, m)
+    if match is None:
+        match = torch.eye(a.shape[1], dtype=torch.bool, device=a.device).expand(a.shape[0], -1, -1)
+    rows, cols = match.any(-1), match.any(-2)  # (B, n), (B, m)
+    if not bool(rows.any()):
+        return logits.sum() * 0.0
+    loss_ab = F.cross_entropy(logits[rows], match.float().argmax(-1)[rows])
+    loss_ba = F.cross_entropy(logits.transpose(1, 2)[cols], match.float().argmax(-2)[cols])
     return 0.5 * (loss_ab + loss_ba)
+
+
+def matched_pairs(a: Tensor, b: Tensor, match: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows of ``a`` that have a positive in ``b``, and those positives.
+
+    Args:
+        a: ``(B, n, D)``, b: ``(B, m, D')``, match: ``(B, n, m)`` bool.
+    Returns:
+        ``(P, D)`` and ``(P, D')``: the P co-located pairs of the batch.
+    """
+    rows = match.any(-1)
+    partner = match.float().argmax(-1)  # (B, n)
+    b_aligned = torch.gather(b, 1, partner.unsqueeze(-1).expand(-1, -1, b.shape[-1]))
+    return a[rows], b_aligned[rows]
 
 
 def linear_hsic(x: Tensor, y: Tensor) -> Tensor:
@@ -144,20 +177,18 @@ def _mssdf_loss(out: MSSDFOutput, cfg: LossConfig) -> tuple[Tensor, dict[str, Te
         terms["reconstruction"] = torch.stack(
             [masked_mse(out.pred[m], out.target[m], out.masks[m]) for m in keys]
         ).mean()
+    split = {m: _split(out.tokens[m], cfg.shared_fraction) for m in keys}  # (shared, specific)
+    match = {(a, b): colocated(out.positions[a], out.positions[b]) for a, b in pairs}
     if cfg.contrast > 0 and pairs:
         terms["contrast"] = torch.stack(
-            [
-                info_nce(_split(out.features[a], cfg.shared_fraction)[0], _split(out.features[b], cfg.shared_fraction)[0], cfg.temperature)
-                for a, b in pairs
-            ]
+            [info_nce(split[a][0], split[b][0], cfg.temperature, match[a, b]) for a, b in pairs]
         ).mean()
     if cfg.hsic > 0 and pairs:
-        terms["hsic"] = torch.stack(
-            [
-                linear_cka(_split(out.features[a], cfg.shared_fraction)[1], _split(out.features[b], cfg.shared_fraction)[1])
-                for a, b in pairs
-            ]
-        ).mean()
+        values = []
+        for a, b in pairs:
+            xa, xb = matched_pairs(split[a][1], split[b][1], match[a, b])
+            values.append(linear_cka(xa, xb) if xa.shape[0] > 1 else split[a][1].sum() * 0.0)
+        terms["hsic"] = torch.stack(values).mean()
     if cfg.modality > 0 and out.modality_logits.shape[1] > 1:
         terms["modality"] = modality_cross_entropy(out.modality_logits, out.modality_labels)
     if not terms:

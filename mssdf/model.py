@@ -24,7 +24,9 @@ Forward pass (``MSSDF.forward(images, masks)``):
 5. the teacher (an EMA copy of the encoder, no gradients) encodes each *full* image;
    its patch tokens (cls dropped), layer-normalised, are the targets;
 6. the modality head predicts, from each modality's encoder cls token, which modality
-   it came from.
+   it came from;
+7. the encoder's visible patch tokens and their positions are returned for the
+   cross-modal terms (InfoNCE and HSIC between co-located tokens, see mssdf.losses).
 
 Where the authors differ (method.md §2-3): the cls flag/teacher-token misalignments are
 avoided by construction; the cls token is not added to the patch tokens but given to
@@ -275,15 +277,17 @@ class MSSDFOutput:
     pred:     ``{m: (B, N, Dt)}`` predictions at every position.
     target:   ``{m: (B, N, Dt)}`` regression targets (teacher features or pixels), no grad.
     masks:    ``{m: (B, N)}`` bool, True = masked (the loss positions).
-    features: ``{m: (B, N, Dd)}`` reconstruction-decoder outputs (before the head),
-              the feature sets of the contrastive and HSIC terms.
+    tokens:   ``{m: (B, n, D)}`` the student encoder's outputs at the visible patches
+              (cls dropped): the feature sets of the contrastive and HSIC terms.
+    positions: ``{m: (B, n)}`` the patch index of each of those tokens (ascending).
     modality_logits: ``(M·B, K)`` over the model's K modalities; modality_labels ``(M·B,)``.
     """
 
     pred: dict[str, Tensor]
     target: dict[str, Tensor]
     masks: dict[str, Tensor]
-    features: dict[str, Tensor]
+    tokens: dict[str, Tensor]
+    positions: dict[str, Tensor]
     modality_logits: Tensor
     modality_labels: Tensor
 
@@ -320,6 +324,7 @@ class MSSDF(nn.Module):
         if cfg.target == "teacher":
             self.teacher = copy.deepcopy(self.encoder)  # initialised from the student
             self.teacher.requires_grad_(False)
+            self.teacher.eval()
 
     # -- pieces ------------------------------------------------------------------------
     def fuse(self, encoded: Mapping[str, Tensor], masks: Mapping[str, Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -397,17 +402,26 @@ class MSSDF(nn.Module):
         grid = self.encoder.grid(images[keys[0]])
         encoded = self.encoder(images, masks)  # {m: (B, 1+n, D)}
         fused, padding = self.fuse(encoded, masks, grid)
-        features = self.reconstruct(fused, padding, keys, grid)
+        decoded = self.reconstruct(fused, padding, keys, grid)
         if self.cfg.target == "teacher":
-            pred = {m: self.head(z) for m, z in features.items()}
+            pred = {m: self.head(z) for m, z in decoded.items()}
             target = self.teacher_targets(images)
         else:
-            pred = {m: self.pixel_heads[m](z) for m, z in features.items()}
+            pred = {m: self.pixel_heads[m](z) for m, z in decoded.items()}
             target = self.pixel_targets(images)
         cls = torch.cat([encoded[m][:, 0] for m in keys], dim=0)  # (M·B, D)
         b = cls.shape[0] // len(keys)
         labels = torch.tensor([self.modality_index[m] for m in keys], device=cls.device).repeat_interleave(b)
-        return MSSDFOutput(pred, target, dict(masks), features, self.modality_head(cls), labels)
+        tokens = {m: encoded[m][:, 1:] for m in keys}
+        positions = {m: visible_indices(masks[m]) for m in keys}
+        return MSSDFOutput(pred, target, dict(masks), tokens, positions, self.modality_head(cls), labels)
+
+    def train(self, mode: bool = True) -> "MSSDF":
+        """Switch the student's mode; the teacher always stays in eval mode (deterministic targets)."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
 
     def student_parameters(self):
         """Trainable parameters (everything but the teacher)."""

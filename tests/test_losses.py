@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from mssdf.losses import LossConfig, info_nce, linear_cka, linear_hsic, masked_mse, modality_cross_entropy, mssdf_loss
+from mssdf.losses import (
+    LossConfig,
+    colocated,
+    info_nce,
+    linear_cka,
+    linear_hsic,
+    masked_mse,
+    matched_pairs,
+    modality_cross_entropy,
+    mssdf_loss,
+)
 from mssdf.model import MSSDFOutput
 
 
@@ -67,19 +77,58 @@ def test_modality_cross_entropy_low_when_right():
     assert modality_cross_entropy(-right, labels) > 8
 
 
-def fake_output(keys=("rgb", "dsm")):
-    g = torch.Generator().manual_seed(0)
+def fake_output(keys=("rgb", "dsm"), agree=False, seed=0):
+    """An MSSDFOutput with 6 patches, 3 visible per modality; visible positions overlap in 2.
+
+    ``agree``: the tokens of every modality are identical at co-located positions.
+    """
+    g = torch.Generator().manual_seed(seed)
     b, n = 2, 6
     t = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    masks = {k: torch.tensor([[True, True, False, True, False, True]] * b) for k in keys}
+    visible = {"rgb": [0, 2, 4], "dsm": [0, 2, 5], "ms": [1, 2, 4]}
+    masks = {k: torch.ones(b, n, dtype=torch.bool).index_fill_(1, torch.tensor(visible[k]), False) for k in keys}
+    positions = {k: torch.tensor(visible[k]).expand(b, -1) for k in keys}
+    per_position = t(b, n, 8)  # a token for every patch position
+    tokens = {k: (per_position if agree else t(b, n, 8)).gather(1, positions[k].unsqueeze(-1).expand(-1, -1, 8)) for k in keys}
     return MSSDFOutput(
         pred={k: t(b, n, 4) for k in keys},
         target={k: t(b, n, 4) for k in keys},
         masks=masks,
-        features={k: t(b, n, 8) for k in keys},
+        tokens=tokens,
+        positions=positions,
         modality_logits=t(b * len(keys), 2),
         modality_labels=torch.arange(len(keys)).repeat_interleave(b),
     )
+
+
+def test_colocated_pairs_are_the_positions_visible_in_both():
+    pos_a = torch.tensor([[0, 2, 4]])
+    pos_b = torch.tensor([[0, 2, 5]])
+    match = colocated(pos_a, pos_b)
+    assert match[0].nonzero().tolist() == [[0, 0], [1, 1]]
+    a = torch.tensor([[[1.0], [2.0], [3.0]]])
+    b = torch.tensor([[[10.0], [20.0], [30.0]]])
+    xa, xb = matched_pairs(a, b, match)
+    assert xa.flatten().tolist() == [1.0, 2.0] and xb.flatten().tolist() == [10.0, 20.0]
+
+
+def test_info_nce_with_a_match_scores_only_co_located_pairs():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 50, 16, generator=g)
+    perm = torch.randperm(50, generator=g)
+    b = a[:, perm]  # b's token j sits at a's position perm[j]
+    match = colocated(torch.arange(50).expand(3, -1), perm.expand(3, -1))
+    assert info_nce(a, b, match=match) < 0.05
+    assert info_nce(a, b) > 3.0  # identity pairing is wrong here
+    none = torch.zeros(3, 50, 50, dtype=torch.bool)
+    assert info_nce(a, b, match=none) == 0
+
+
+def test_pair_terms_respond_to_cross_modal_agreement():
+    _, agree = mssdf_loss(fake_output(agree=True))
+    _, disagree = mssdf_loss(fake_output(agree=False))
+    assert agree["contrast"] < disagree["contrast"]
+    assert agree["hsic"] > 0.99 > disagree["hsic"]  # identical specific parts: fully dependent
 
 
 def test_combiner_weights_and_switches():

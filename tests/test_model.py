@@ -64,7 +64,8 @@ def test_output_shapes_and_modality_labels(micro_model):
     out = step_output(micro_model, x)
     for m in x:
         assert out.pred[m].shape == (2, 16, 32)
-        assert out.features[m].shape == (2, 16, 16)
+        assert out.tokens[m].shape == (2, 4, 32)  # visible tokens, encoder width
+        assert torch.equal(out.positions[m], (~out.masks[m]).nonzero()[:, 1].view(2, 4))
         assert out.masks[m].sum(1).tolist() == [num_masked(16, 0.75)] * 2
     assert out.modality_logits.shape == (6, 3)
     assert out.modality_labels.tolist() == [0, 0, 1, 1, 2, 2]
@@ -149,7 +150,31 @@ def test_forward_is_deterministic_in_eval(micro_model):
     a = step_output(micro_model, x).pred["ms"]
     b = step_output(micro_model, x).pred["ms"]
     assert torch.equal(a, b)
-    assert MODALITIES == dict(micro_model.cfg.modalities)
+
+
+def test_teacher_stays_in_eval_mode_so_targets_are_deterministic():
+    torch.manual_seed(0)
+    model = MSSDF(micro_config(drop_path=0.5)).train()
+    assert model.encoder.training and not model.teacher.training
+    x = batch()
+    torch.testing.assert_close(model.teacher_targets(x)["rgb"], model.teacher_targets(x)["rgb"], rtol=0, atol=0)
+    a = model.encoder.forward_features(x["rgb"], "rgb")
+    b = model.encoder.forward_features(x["rgb"], "rgb")
+    assert not torch.equal(a, b)  # the student does use drop path in training
+
+
+def test_a_sample_does_not_depend_on_the_rest_of_the_batch(micro_model):
+    """Fusion queries are padded to the batch maximum; padding must not leak into results."""
+    micro_model.eval()
+    x = batch(b=4)
+    masks = generate_masks(x, 8, MaskingConfig(), epoch=50, generator=torch.Generator().manual_seed(3))
+    union = torch.stack([~m for m in masks.values()]).any(0).sum(1)
+    assert len(set(union.tolist())) > 1  # the samples really have different query counts
+    full = micro_model(x, masks)
+    for i in range(4):
+        one = micro_model({m: v[i : i + 1] for m, v in x.items()}, {m: v[i : i + 1] for m, v in masks.items()})
+        for m in x:
+            torch.testing.assert_close(one.pred[m][0], full.pred[m][i], rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_autocast_forward_backward_with_fp32_losses(micro_model):
