@@ -30,8 +30,7 @@ prepare = {
     "ign_stride": 16,
 }""", metadata={"tags": ["parameters"]}),
     code("""import json
-import matplotlib
-import matplotlib.pyplot as plt
+from IPython.display import display
 
 from mssdf.config import from_dict, to_dict
 from mssdf.data import preview
@@ -42,15 +41,17 @@ from mssdf.paths import resolve
 # The parameters above become a typed config: an unknown or mistyped key fails here.
 cfg = from_dict(PrepareConfig, prepare, "prepare")
 OUT = resolve(cfg.out_dir)
-PREVIEWS = OUT / "previews"
 print(json.dumps(to_dict(cfg), indent=1))"""),
     md("""## Run the preparation
 
 Inputs are validated first (presence, readability, band counts, CRS/size/transform agreement,
 label values); the output is written to a temporary folder that replaces `out_dir` only when
-everything succeeded."""),
-    code("""summary = run_prepare(cfg)
-PREVIEWS.mkdir(exist_ok=True)
+everything succeeded. The preview figures shown below are drawn from that temporary folder and
+saved into its `previews/` before the swap, so `out_dir` is never left half-updated. `out_dir`
+must not overlap `raw_dir` or the repository root, and an existing `out_dir` is replaced only if
+it holds the `summary.json` that a previous preparation wrote."""),
+    code("""figures = {}  # name -> figure, drawn by the hook from the complete temporary folder
+summary = run_prepare(cfg, before_swap=lambda folder: figures.update(preview.write_previews(folder, cfg.source_list)))
 print(json.dumps(summary["tiles_per_source"], indent=1))"""),
     md("""## Tiles per task and split
 
@@ -71,22 +72,16 @@ Check: colours look natural; vegetation is bright in the NIR false colour; the h
 buildings and trees (Autzen is a rotated strip, white = no lidar points); nDSM is a few metres on
 roofs and trees and ~0 on the ground (heights were converted from feet); footprints and roads lie
 on the buildings and roads of the image."""),
-    code("""fig = preview.scene_previews(OUT, cfg.source_list)
-fig.savefig(PREVIEWS / "scenes.png", dpi=70)
-plt.show()"""),
+    code("""display(figures["scenes"])"""),
     md("""## Tile map coloured by split
 
 Splits are made of spatial blocks: no pixel belongs to tiles of two splits. Tiles missing from
 the map were rejected (too much no data) or straddled blocks of different splits."""),
-    code("""fig = preview.tile_maps(OUT)
-fig.savefig(PREVIEWS / "tile_map.png", dpi=70)
-plt.show()"""),
+    code("""display(figures["tile_map"])"""),
     md("""## Per-band histograms (train tiles, raw values)
 
 The model normalises with the train-only mean/std in `stats.json`."""),
-    code("""fig = preview.band_histograms(OUT)
-fig.savefig(PREVIEWS / "histograms.png", dpi=70)
-plt.show()
+    code("""display(figures["histograms"])
 stats = json.loads((OUT / "stats.json").read_text())
 for source, keys in stats.items():
     for key, st in keys.items():
@@ -97,12 +92,9 @@ Boxes are the extents of the real Atlanta footprints inside each tile. The chang
 **synthetic**: the "after" image is the real tile with buildings removed, pasted or shifted; it
 equals the "before" image exactly outside the mask (a real pair would also differ in light,
 season and registration, so scores on it are optimistic)."""),
-    code("""fig = preview.detection_examples(OUT)
-fig.savefig(PREVIEWS / "detection.png", dpi=70)
-plt.show()
-fig = preview.change_examples(OUT)
-fig.savefig(PREVIEWS / "change_synthetic.png", dpi=70)
-plt.show()"""),
+    code("""for name in ("detection", "change_synthetic"):
+    if name in figures:  # only when the Atlanta source was prepared
+        display(figures[name])"""),
     md("""## Checks recorded during preparation"""),
     code("""print(json.dumps(summary["scene_notes"], indent=1))"""),
     md("""## Licences and attribution

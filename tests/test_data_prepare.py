@@ -220,3 +220,35 @@ def test_unknown_config_key_fails():
         from_dict(PrepareConfig, {"tile_sise": 3})
     with pytest.raises(ConfigError, match="sources"):
         from_dict(PrepareConfig, {"sources": "autzen,mars"})
+
+
+# ----------------------------------------------------------------------------- random crops
+def _offsets(samples):
+    return [(int(s["meta"]["row"]), int(s["meta"]["col"])) for s in samples]
+
+
+def test_random_crops_differ_between_workers_and_repeat(prepared):
+    out, _, _ = prepared
+    ds = SampleTiles(out, "pretrain_autzen", "train", crop=8, random_crop=True, seed=3)
+    assert len(ds) >= 4
+    n = min(len(ds), 8)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=None, num_workers=2)
+    got = _offsets(loader)
+    # worker 0 loads sample 0 and worker 1 sample 1 first: a copied generator gave both the same crop
+    tiles = [(r["row"], r["col"]) for r in ds.rows[:n]]
+    rel = [(a - r, b - c) for (a, b), (r, c) in zip(got, tiles)]
+    assert rel[0] != rel[1]
+    assert len(set(rel)) > n // 2
+    # the crop of (seed, epoch, index) does not depend on the process, the order or the instance
+    assert got == _offsets(ds[i] for i in range(n))
+    again = SampleTiles(out, "pretrain_autzen", "train", crop=8, random_crop=True, seed=3)
+    assert _offsets(again[i] for i in reversed(range(n)))[::-1] == got
+    assert _offsets(again.get(i, epoch=0) for i in range(n)) == got
+    # another epoch or seed: other crops; set_epoch(e) equals get(i, epoch=e)
+    again.set_epoch(1)
+    epoch1 = _offsets(again[i] for i in range(n))
+    assert epoch1 != got and epoch1 == _offsets(ds.get(i, epoch=1) for i in range(n))
+    other = SampleTiles(out, "pretrain_autzen", "train", crop=8, random_crop=True, seed=4)
+    assert _offsets(other[i] for i in range(n)) != got
+    assert got[0] == (ds.rows[0]["row"] + int(ds.crop_rng(0).integers(0, 9, size=2)[0]),
+                      ds.rows[0]["col"] + int(ds.crop_rng(0).integers(0, 9, size=2)[1]))

@@ -28,10 +28,11 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from mssdf.atomic import atomic_write_text
 from mssdf.config import to_dict
 from mssdf.data import labels as L
 from mssdf.data.align import align_pair
@@ -332,34 +333,97 @@ def _res_m(cfg: PrepareConfig, source: str, scene: Scene) -> float:
     return float(abs(scene.transform.a))
 
 
-def prepare(cfg: PrepareConfig, root: str | Path | None = None, log=print) -> dict[str, Any]:
+MARKER = "summary.json"  # written last into every prepared folder: only such a folder is ever replaced
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """True if ``a`` is ``b`` or lies inside it."""
+    return a == b or b in a.parents
+
+
+def check_out_dir(out: Path, raw: Path, root: str | Path | None = None) -> None:
+    """Refuse an output folder whose replacement could destroy data that prepare did not write.
+
+    ``prepare`` deletes the previous ``out_dir`` after the new one is in place, so ``out``
+    must not be, contain or lie inside the raw folder, must not be or contain the
+    repository root (nor the checkout holding this package), and, if it exists, must be
+    an empty folder or a folder holding :data:`MARKER` (i.e. written by prepare).
+
+    Raises:
+        DataError: naming both paths (or the folder lacking the marker).
+    """
+    from mssdf.paths import repo_root
+
+    out, raw = Path(out).resolve(), Path(raw).resolve()
+    if _inside(out, raw) or _inside(raw, out):
+        rel = "is" if out == raw else ("is inside" if _inside(out, raw) else "contains")
+        raise DataError(f"out_dir {out} {rel} the raw folder {raw}; replacing it would delete raw data - choose another out_dir")
+    roots = {Path(__file__).resolve().parents[2]}
+    try:
+        roots.add(repo_root(root))
+    except FileNotFoundError:
+        pass
+    for repo in sorted(roots):
+        if _inside(repo, out):
+            raise DataError(f"out_dir {out} is or contains the repository root {repo}; replacing it would delete "
+                            "the checkout - choose a sub-folder such as data/prepared")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise DataError(f"out_dir {out} exists and is not a folder; refusing to replace it")
+        if not (out / MARKER).is_file() and any(out.iterdir()):
+            raise DataError(f"out_dir {out} exists but holds no {MARKER} (it was not written by prepare); "
+                            "refusing to replace it - remove it yourself or choose another out_dir")
+
+
+def prepare(
+    cfg: PrepareConfig,
+    root: str | Path | None = None,
+    log=print,
+    before_swap: Callable[[Path], Any] | None = None,
+) -> dict[str, Any]:
     """Run the whole preparation (see the module docstring); returns the summary dict.
 
     Args:
         cfg: parameters; ``raw_dir``/``out_dir`` are repository-relative (or absolute).
         root: repository root for relative paths (default: found from the cwd).
         log: progress printer (``None`` for silence).
+        before_swap: optional ``f(folder)`` called on the complete temporary folder (all
+            files, ``summary.json`` included) before it replaces ``out_dir``, e.g. to write
+            ``previews/`` (:func:`mssdf.data.preview.write_previews`); if it raises,
+            ``out_dir`` is left untouched.
+
+    Raises:
+        DataError: bad inputs, or an unsafe ``out_dir`` (see :func:`check_out_dir`).
     """
     from mssdf.paths import resolve
 
     say = log or (lambda *a, **k: None)
     t0 = time.perf_counter()
     raw, out = resolve(cfg.raw_dir, root), resolve(cfg.out_dir, root)
+    check_out_dir(out, raw, root)
     check_inputs(cfg, raw)
     scenes: dict[str, list[Scene]] = {s: LOADERS[s](cfg, raw) for s in cfg.source_list}
     say(f"loaded {sum(map(len, scenes.values()))} scenes in {time.perf_counter() - t0:.1f}s")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         summary = _write_all(cfg, scenes, tmp, raw, say)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        atomic_write_text(tmp / MARKER, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if before_swap is not None:
+            before_swap(tmp)
+        check_out_dir(out, raw, root)  # again: out_dir may have changed during the run
         if out.exists():
             os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old.exists() and not out.exists():
+                os.replace(old, out)  # put the previous output back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -190,3 +190,38 @@ def detection_examples(out: str | Path, n: int = 4):
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+PREVIEW_FILES = ("scenes", "tile_map", "histograms", "detection", "change_synthetic")
+
+
+def write_previews(out: str | Path, sources: list[str], dpi: int = 70, folder: str = "previews") -> dict[str, Any]:
+    """Save every preview figure as ``<out>/<folder>/<name>.png``; returns ``{name: figure}``.
+
+    Meant as :func:`mssdf.data.prepare.prepare`'s ``before_swap`` hook: the previews are
+    written into the temporary folder, so they are swapped in together with the data (a
+    failure here leaves the previous prepared folder untouched). Figures the prepared data
+    cannot fill (no detection or change task among ``sources``) are skipped.
+    """
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    tasks = {r["task"] for r in read_index(out)}
+    makers = {
+        "scenes": lambda: scene_previews(out, sources),
+        "tile_map": lambda: tile_maps(out),
+        "histograms": lambda: band_histograms(out),
+        "detection": (lambda: detection_examples(out)) if "detection" in tasks else None,
+        "change_synthetic": (lambda: change_examples(out)) if "change" in tasks else None,
+    }
+    target = out / folder
+    target.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Any] = {}
+    for name in PREVIEW_FILES:
+        if makers[name] is None:
+            continue
+        fig = makers[name]()
+        fig.savefig(target / f"{name}.png", dpi=dpi)
+        plt.close(fig)
+        figures[name] = fig
+    return figures

@@ -51,11 +51,14 @@ class SampleTiles(Dataset):
         modalities: input keys to return (default: the task's inputs). ``dsm`` for the
             lidar sources is the absolute DSM unless ``dsm_source="ndsm"``.
         crop: side of a crop to return (None = whole tile); random position when
-            ``random_crop`` (pre-training windows), else centred.
+            ``random_crop`` (pre-training windows), else centred. The random position of
+            sample ``i`` at epoch ``e`` is a function of ``(seed, e, i)`` only
+            (:meth:`crop_rng`): DataLoader workers draw different crops, and a resumed run
+            (same seed, :meth:`set_epoch`) draws the same ones again.
         backend: ``"npy"`` (memory-mapped cache) or ``"tif"`` (GeoTIFF per tile).
         fill_nodata: replace NaN input pixels by the train mean of their band.
         transform: optional callable applied to the sample dict.
-        seed: seed of the random crops (each worker/epoch may reseed via ``set_epoch``).
+        seed: seed of the random crops (``set_epoch`` selects the epoch).
     """
 
     def __init__(
@@ -92,8 +95,10 @@ class SampleTiles(Dataset):
                 raise DataError(f"task {task!r} has no modality {m!r} (available: {sorted(self.rows[0]['files'])})")
         self.crop, self.random_crop, self.backend = crop, random_crop, backend
         self.dsm_source, self.fill_nodata, self.transform = dsm_source, fill_nodata, transform
-        self.rng = np.random.default_rng(seed)
-        self.seed = seed
+        self.seed, self.epoch = int(seed), 0
+        # Optional override: a generator assigned here by a caller supplies the next crops
+        # instead of :meth:`crop_rng` (kept for callers that seed crops themselves).
+        self.rng: np.random.Generator | None = None
         self.stats = load_stats(self.root, task) if fill_nodata else {}
         if crop is not None and self.rows and crop > self.rows[0]["size"]:
             raise DataError(f"crop {crop} is larger than the tiles ({self.rows[0]['size']} px) of task {task!r}")
@@ -112,8 +117,13 @@ class SampleTiles(Dataset):
         return len(self.rows)
 
     def set_epoch(self, epoch: int) -> None:
-        """Reseed the random crops (call per epoch / in ``worker_init_fn``)."""
-        self.rng = np.random.default_rng([self.seed, epoch])
+        """Select the epoch of the random crops (call before each epoch; workers see it when
+        they are started after the call, i.e. without ``persistent_workers``)."""
+        self.epoch = int(epoch)
+
+    def crop_rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        """The generator of sample ``index``'s random crop: ``default_rng([seed, epoch, index])``."""
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), int(index)])
 
     # ------------------------------------------------------------------ reading
     def _file_key(self, key: str) -> str:
@@ -147,6 +157,10 @@ class SampleTiles(Dataset):
         return np.asarray(data["boxes_xyxy"], np.float32).reshape(-1, 4)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.get(i)
+
+    def get(self, i: int, epoch: int | None = None) -> dict[str, Any]:
+        """Sample ``i``; its random crop (if any) is that of ``epoch`` (default: :meth:`set_epoch`'s)."""
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} tiles")
         i %= len(self)
@@ -154,7 +168,8 @@ class SampleTiles(Dataset):
         size = row["size"]
         c = self.crop or size
         if self.random_crop and c < size:
-            r0, c0 = (int(v) for v in self.rng.integers(0, size - c + 1, size=2))
+            rng = self.rng if self.rng is not None else self.crop_rng(i, epoch)
+            r0, c0 = (int(v) for v in rng.integers(0, size - c + 1, size=2))
         else:
             r0 = c0 = (size - c) // 2
         win = (slice(None), slice(r0, r0 + c), slice(c0, c0 + c))
