@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 import torch
 
-try:  # tqdm is a pinned dependency, but keep the engine usable without it
-    from tqdm.auto import tqdm
+try:  # the text bar (tqdm.auto's notebook widget needs ipywidgets, absent here); pinned dependency
+    from tqdm import tqdm
 except ImportError:  # pragma: no cover
     tqdm = None  # type: ignore[assignment]
 
