@@ -11,6 +11,7 @@ The teacher and the EMA are always reached through :func:`unwrap` (the module in
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 from dataclasses import dataclass
@@ -94,9 +95,11 @@ def wrap_ddp(model: nn.Module, env: DistEnv, find_unused_parameters: bool = Fals
     if not env.distributed:
         return model
     ids = [env.device.index] if env.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters
-    )
+    ddp = nn.parallel.DistributedDataParallel
+    # torch >= 2.13 renames broadcast_buffers (deprecated) to forward_sync_buffers
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+               else {"broadcast_buffers": False})
+    return ddp(model, device_ids=ids, find_unused_parameters=find_unused_parameters, **no_sync)
 
 
 def barrier(env: DistEnv) -> None:
