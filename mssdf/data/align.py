@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mssdf.data.io import DataError, RasterInfo, raster_info, read_raster
+from mssdf.data.io import DataError, RasterInfo, nodata_to_nan, raster_info, read_raster
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,14 @@ def block_mean(arr: np.ndarray, k: int) -> np.ndarray:
 
 
 def resample_to(path: Path, grid: TargetGrid, resampling: str = "bilinear", expected_bands=None, nodata: float | None = None) -> np.ndarray:
-    """Read ``path`` and resample it onto ``grid``: (C, grid.height, grid.width) float32, NaN outside/nodata."""
+    """Read ``path`` and resample it onto ``grid``: (C, grid.height, grid.width) float32, NaN outside/nodata.
+
+    No data (:func:`mssdf.data.io.nodata_to_nan`): NaN, the header's nodata value, else ``nodata``.
+    """
     from rasterio.warp import Resampling, reproject
 
-    info = raster_info(path)
-    src = read_raster(path, expected_bands=expected_bands, dtype=np.float64)
-    if nodata is not None:
-        src[src == nodata] = np.nan
+    info = raster_info(path, expected_bands=expected_bands)
+    src = nodata_to_nan(read_raster(path, dtype=np.dtype(info.dtype)), info.nodata, nodata).astype(np.float64)
     dst = np.full((src.shape[0], grid.height, grid.width), np.nan, np.float64)
     from rasterio.transform import Affine
 
@@ -110,17 +111,14 @@ def align_pair(
 
     Returns:
         ``fine`` (Cf, H, W), ``coarse`` (Cc, H, W) float32 raw values with NaN where no
-        data (zeros are no data when ``zero_is_nodata``), and the grid.
+        data (:func:`mssdf.data.io.nodata_to_nan`: NaN, the header's nodata value, or, for
+        files declaring none, 0 when ``zero_is_nodata``), and the grid.
     """
-    fi, ci = raster_info(fine_path), raster_info(coarse_path)
-    for info, n in ((fi, fine_bands), (ci, coarse_bands)):
-        if info.count != n:
-            raise DataError(f"{info.path}: has {info.count} band(s), expected {n}")
+    fi, ci = raster_info(fine_path, expected_bands=fine_bands), raster_info(coarse_path, expected_bands=coarse_bands)
     grid, k = common_grid(fi, ci, res)
-    fine = read_raster(fine_path, dtype=np.float32)
-    if zero_is_nodata:
-        fine[fine == 0] = np.nan
+    fallback = 0.0 if zero_is_nodata else None
+    fine = nodata_to_nan(read_raster(fine_path, dtype=np.dtype(fi.dtype)), fi.nodata, fallback)
     fine = block_mean(fine, k).astype(np.float32)
     coarse = resample_to(coarse_path, grid, "bilinear" if abs(ci.transform[0]) > abs(grid.transform[0]) * 1.01 else "average",
-                         nodata=0.0 if zero_is_nodata else None)
+                         nodata=fallback)
     return fine, coarse, grid

@@ -14,8 +14,55 @@ from typing import Sequence
 import numpy as np
 
 
+#: Label value that losses and metrics ignore (no data, unlabelled, padding), in every
+#: label this package writes or returns (prepared tiles and all readers).
+IGNORE_INDEX = 255
+
+
 class DataError(ValueError):
     """A data file is missing, unreadable, or inconsistent with its partners."""
+
+
+def check_band_count(path: str | Path, count: int, expected: int | Sequence[int] | None) -> None:
+    """Raise :class:`DataError` ("<path>: has N band(s), expected M [or K]") unless ``count`` is allowed.
+
+    The one place this check lives: :func:`raster_info`/:func:`read_raster` (``expected_bands``)
+    and the readers' Pillow path call it.
+    """
+    if expected is None:
+        return
+    allowed = (expected,) if isinstance(expected, (int, np.integer)) else tuple(expected)
+    if count not in allowed:
+        raise DataError(f"{path}: has {count} band(s), expected {' or '.join(map(str, allowed))}")
+
+
+def nodata_to_nan(arr: np.ndarray, nodata: float | None, fallback: float | None = None) -> np.ndarray:
+    """Float32 copy of ``arr`` with every no-data pixel set to NaN.
+
+    No data is: NaN (always), the header's ``nodata`` value when the header declares one
+    (a NaN ``nodata`` adds nothing), else ``fallback`` (the value a source is known to use
+    without declaring it, e.g. 0 outside the SpaceNet images). The single rule every
+    source of :mod:`mssdf.data.prepare` and every reader applies.
+    """
+    out = arr.astype(np.float32, copy=True)
+    value = nodata if nodata is not None else fallback
+    if value is not None and not np.isnan(value):
+        if np.issubdtype(arr.dtype, np.floating):
+            value = np.asarray(value, dtype=np.float64).astype(arr.dtype)  # a float32 raster stores float32(nodata)
+        out[arr == value] = np.nan
+    return out
+
+
+def read_nan(
+    path: str | Path,
+    expected_bands: int | Sequence[int] | None = None,
+    fallback_nodata: float | None = None,
+    window=None,
+) -> np.ndarray:
+    """:func:`read_raster` as float32 with no data as NaN (see :func:`nodata_to_nan`)."""
+    info = raster_info(path)
+    arr = read_raster(path, expected_bands=expected_bands, window=window, dtype=np.dtype(info.dtype))
+    return nodata_to_nan(arr, info.nodata, fallback_nodata)
 
 
 @dataclass(frozen=True)
@@ -47,9 +94,10 @@ def _open(path: str | Path):
         raise DataError(f"{path}: not a readable raster ({err})") from err
 
 
-def raster_info(path: str | Path) -> RasterInfo:
-    """Read only the header of ``path``."""
+def raster_info(path: str | Path, expected_bands: int | Sequence[int] | None = None) -> RasterInfo:
+    """Read only the header of ``path`` (and check its band count if ``expected_bands``)."""
     with _open(path) as src:
+        check_band_count(path, src.count, expected_bands)
         has_geo = src.crs is not None
         return RasterInfo(
             path=Path(path),
@@ -85,10 +133,7 @@ def read_raster(
     from rasterio.errors import RasterioIOError
 
     with _open(path) as src:
-        if expected_bands is not None:
-            allowed = (expected_bands,) if isinstance(expected_bands, int) else tuple(expected_bands)
-            if src.count not in allowed:
-                raise DataError(f"{path}: has {src.count} band(s), expected {' or '.join(map(str, allowed))}")
+        check_band_count(path, src.count, expected_bands)
         if isinstance(bands, int):
             bands = [bands]
         try:

@@ -15,9 +15,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from mssdf.data.io import DataError
+from mssdf.data.io import IGNORE_INDEX, DataError
 
-IGNORE = 255
+IGNORE = IGNORE_INDEX  # the package-wide ignore label (mssdf.data.io.IGNORE_INDEX)
 
 # ASPRS / LAS 1.4 codes -> training ids (what the IGN sample's classes become).
 ASPRS_CLASSES: dict[int, tuple[int, str]] = {

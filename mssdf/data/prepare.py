@@ -36,7 +36,7 @@ from mssdf.atomic import atomic_write_text
 from mssdf.config import to_dict
 from mssdf.data import labels as L
 from mssdf.data.align import align_pair
-from mssdf.data.io import DataError, check_aligned, raster_info, read_raster
+from mssdf.data.io import DataError, check_aligned, raster_info, read_nan, read_raster
 from mssdf.data.lidar import read_las, rasterise
 from mssdf.data.stats import RunningStats
 from mssdf.data.tiling import SPLITS, block_split, window_fraction, windows
@@ -208,25 +208,21 @@ def check_inputs(cfg: PrepareConfig, raw: Path) -> None:
                 read_raster(p)  # full read: truncated pixel data fails here, not mid-run
         if source == "rotterdam":
             for i in (1, 2, 3):
-                pan, ms = raw / f"solaris/preproc_tutorial/pan{i}.tif", raw / f"solaris/preproc_tutorial/ms{i}.tif"
-                _expect_bands(pan, 1)
-                _expect_bands(ms, 4)
+                raster_info(raw / f"solaris/preproc_tutorial/pan{i}.tif", expected_bands=1)
+                raster_info(raw / f"solaris/preproc_tutorial/ms{i}.tif", expected_bands=4)
         if source == "atlanta":
-            _expect_bands(paths[0], 1)
+            raster_info(paths[0], expected_bands=1)
             L.read_geojson(paths[1])
         if source == "lasvegas":
-            _expect_bands(paths[0], 1)
-            _expect_bands(paths[1], 1)
-            check_aligned([raster_info(paths[0]), raster_info(paths[1])])
-
-
-def _expect_bands(path: Path, n: int) -> None:
-    info = raster_info(path)
-    if info.count != n:
-        raise DataError(f"{path}: has {info.count} band(s), expected {n}")
+            check_aligned([raster_info(paths[0], expected_bands=1), raster_info(paths[1], expected_bands=1)])
 
 
 # ----------------------------------------------------------------------------- scene loaders
+# No data in the raster sources, one rule for all (mssdf.data.io.nodata_to_nan): NaN, the
+# header's nodata value, or - for files that declare none - this fallback value. The SpaceNet
+# images use 0 outside the imaged area (Rotterdam pan2/ms2 have such a border, undeclared).
+NODATA_FALLBACK: dict[str, float | None] = {"rotterdam": 0.0, "atlanta": 0.0, "lasvegas": 0.0}
+
 def load_autzen(cfg: PrepareConfig, raw: Path) -> list[Scene]:
     """Autzen lidar -> rgb, dsm, ndsm (and dtm) at ``autzen_res`` m; heights in metres."""
     path = raw / RAW_FILES["autzen"][0]
@@ -259,7 +255,7 @@ def load_rotterdam(cfg: PrepareConfig, raw: Path) -> list[Scene]:
     scenes = []
     for i in (1, 2, 3):
         pan_p, ms_p = raw / f"solaris/preproc_tutorial/pan{i}.tif", raw / f"solaris/preproc_tutorial/ms{i}.tif"
-        pan, ms, grid = align_pair(pan_p, ms_p, cfg.rotterdam_res, 1, 4)
+        pan, ms, grid = align_pair(pan_p, ms_p, cfg.rotterdam_res, 1, 4, zero_is_nodata=NODATA_FALLBACK["rotterdam"] == 0)
         valid = np.isfinite(pan[0]) & np.all(np.isfinite(ms), 0)
         if not valid.any():
             raise DataError(f"{pan_p}: no valid pixel shared with its partner {ms_p} (all no data)")
@@ -272,11 +268,10 @@ def load_atlanta(cfg: PrepareConfig, raw: Path) -> list[Scene]:
     img_p, gj_p = (raw / rel for rel in RAW_FILES["atlanta"])
     mask_p = raw / "solaris/sample_fp_mask.tif"  # optional, only compared with (see notes)
     info = raster_info(img_p)
-    pan = read_raster(img_p, expected_bands=1)
-    valid = pan[0] != (info.nodata if info.nodata is not None else -np.inf)
+    pan = read_nan(img_p, expected_bands=1, fallback_nodata=NODATA_FALLBACK["atlanta"])
+    valid = np.isfinite(pan[0])
     if not valid.any():
         raise DataError(f"{img_p}: every pixel is no data")
-    pan[:, ~valid] = np.nan
     features, fcrs = L.read_geojson(gj_p)
     from rasterio.transform import Affine
 
@@ -296,11 +291,10 @@ def load_lasvegas(cfg: PrepareConfig, raw: Path) -> list[Scene]:
     img_p, mask_p, lines_p = (raw / rel for rel in RAW_FILES["lasvegas"])
     info = raster_info(img_p)
     check_aligned([info, raster_info(mask_p)])
-    pan = read_raster(img_p, expected_bands=1)
-    valid = pan[0] != 0
+    pan = read_nan(img_p, expected_bands=1, fallback_nodata=NODATA_FALLBACK["lasvegas"])
+    valid = np.isfinite(pan[0])
     if not valid.any():
         raise DataError(f"{img_p}: every pixel is no data")
-    pan[:, ~valid] = np.nan
     label = L.mask_to_label(read_raster(mask_p, expected_bands=1, dtype=np.uint8)[0], mask_p)
     label = np.where(valid, label, L.IGNORE).astype(np.uint8)
     from rasterio.transform import Affine, array_bounds

@@ -22,9 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mssdf.config import ConfigError
-from mssdf.data.io import DataError, RasterInfo, raster_info, read_raster
+from mssdf.data.io import IGNORE_INDEX, DataError, RasterInfo, check_band_count, nodata_to_nan, raster_info, read_raster
 
-IGNORE_INDEX = 255
 Window = tuple[int, int, int, int]  # (row, col, height, width) in pixels
 Sample = dict[str, Any]
 
@@ -83,12 +82,7 @@ def header(path: Path, bands: int | Sequence[int] | None = None, partner: Path |
     """Read a header (cheap) and check the band count; errors name the file (and partner)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found" + (f" (partner of {partner})" if partner else ""))
-    info = raster_info(path)
-    if bands is not None:
-        allowed = (bands,) if isinstance(bands, int) else tuple(bands)
-        if info.count not in allowed:
-            raise DataError(f"{path}: has {info.count} band(s), expected {' or '.join(map(str, allowed))}")
-    return info
+    return raster_info(path, expected_bands=bands)
 
 
 def check_same_size(ref: RasterInfo, other: RasterInfo, width_short_ok: int = 0) -> int:
@@ -146,10 +140,7 @@ def image_header(path: Path, bands: int | Sequence[int] | None = None, partner: 
             width, height = img.size
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"{path}: not a readable image: {err}") from err
-    if bands is not None:
-        allowed = (bands,) if isinstance(bands, int) else tuple(bands)
-        if count not in allowed:
-            raise DataError(f"{path}: has {count} band(s), expected {' or '.join(map(str, allowed))}")
+    check_band_count(path, count, bands)
     return count, height, width
 
 
@@ -171,10 +162,7 @@ def read_image(
     """
     if path.suffix.lower() in _PIL_EXTS:
         arr = _pil_read(path)
-        if expected_bands is not None:
-            allowed = (expected_bands,) if isinstance(expected_bands, int) else tuple(expected_bands)
-            if arr.shape[0] not in allowed:
-                raise DataError(f"{path}: has {arr.shape[0]} band(s), expected {' or '.join(map(str, allowed))}")
+        check_band_count(path, arr.shape[0], expected_bands)
         if window is not None:
             r, c, h, w = window
             arr = arr[:, r : r + h, c : c + w]
@@ -202,14 +190,6 @@ def read_grey(path: Path, window: Window | None = None, max_channel_diff: float 
         if spread > max_channel_diff:
             raise DataError(f"{path}: 3 channels that differ (by up to {spread:g}); expected a grey-scale image")
         arr = arr.mean(0, keepdims=True, dtype=np.float32)
-    return arr
-
-
-def nodata_to_nan(arr: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Float copy of ``arr`` with the header's nodata value (if any) replaced by NaN."""
-    arr = arr.astype(np.float32, copy=True)
-    if nodata is not None and not np.isnan(nodata):
-        arr[arr == np.float32(nodata)] = np.nan
     return arr
 
 
