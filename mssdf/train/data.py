@@ -9,7 +9,8 @@ Determinism contract (what exact resume and world-size invariance rest on):
   sample's position in it, do not depend on the number of processes
   (``DistributedSampler`` strides ranks instead, which would not keep positions);
 * the sampler yields ``(epoch, index)`` keys, and random crops of the prepared tiles
-  are seeded by ``(seed, epoch, index)`` — not by how many samples a worker has read;
+  are seeded by ``(seed, epoch, index)`` (``SampleTiles.get(index, epoch)``) — not by
+  how many samples a worker has read;
 * resuming starts the sampler at the saved batch of the saved epoch: consumed batches
   are skipped without being loaded.
 
@@ -79,8 +80,8 @@ class KeyedDataset(Dataset):
     """Adapter: ``(epoch, index)`` keys → ``{modality: (C, H, W)}`` float32 tensors.
 
     ``base[index]`` must be a mapping holding the modality keys (other keys are dropped).
-    A base with a ``get(epoch, index)`` method is asked through it instead (epoch-seeded
-    augmentation).
+    A base with a ``get(index, epoch)`` method (:class:`~mssdf.data.sample.SampleTiles`:
+    random crops seeded by ``(seed, epoch, index)``) is asked through it instead.
     """
 
     def __init__(self, base: Dataset, modalities: Sequence[str]) -> None:
@@ -92,7 +93,7 @@ class KeyedDataset(Dataset):
     def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
         epoch, index = key
         get = getattr(self.base, "get", None)
-        sample = get(epoch, index) if callable(get) else self.base[index]
+        sample = get(index, epoch) if callable(get) else self.base[index]
         try:
             return {m: torch.as_tensor(sample[m], dtype=torch.float32) for m in self.modalities}
         except KeyError as err:
@@ -131,23 +132,6 @@ class SyntheticPairs(Dataset):
             noise = 0.05 * torch.rand(c, self.size, self.size, generator=g)
             out[m] = ((field * gain + noise).clamp(0, 1) * self.SCALE.get(m, 1.0)).float()
         return out
-
-
-class PretrainTiles(Dataset):
-    """:class:`~mssdf.data.sample.SampleTiles` with random crops seeded by ``(seed, epoch, index)``."""
-
-    def __init__(self, tiles: Any, seed: int) -> None:
-        self.tiles, self.seed = tiles, seed
-
-    def __len__(self) -> int:
-        return len(self.tiles)
-
-    def get(self, epoch: int, index: int) -> dict[str, Any]:
-        self.tiles.rng = np.random.default_rng([self.seed, epoch, index])
-        return self.tiles[index]
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.get(0, index)
 
 
 def check_data(cfg: PretrainConfig, root: str | Path | None = None) -> Path | None:
@@ -210,7 +194,7 @@ def build_dataset(cfg: PretrainConfig, root: str | Path | None = None) -> tuple[
         mean, std = stats[key]["mean"], stats[key]["std"]
         channels[m] = len(mean)
         norm[m] = NormStats(tuple(float(v) for v in mean), tuple(max(float(s), 1e-6) if math.isfinite(s) else 1.0 for s in std))
-    return PretrainTiles(tiles, cfg.seed), channels, norm
+    return tiles, channels, norm
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -218,4 +202,4 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {m: torch.stack([s[m] for s in samples]) for m in samples[0]}
 
 
-__all__ = ["GlobalBatchSampler", "KeyedDataset", "SyntheticPairs", "PretrainTiles", "check_data", "build_dataset", "collate"]
+__all__ = ["GlobalBatchSampler", "KeyedDataset", "SyntheticPairs", "check_data", "build_dataset", "collate"]
