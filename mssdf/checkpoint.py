@@ -69,6 +69,3 @@ def export_timm(model: MSSDF, folder: str | Path, modalities: list[str] | None =
         atomic_write_text(folder / f"timm_{m}.json", json.dumps(timm_kwargs(model.encoder, m), indent=2) + "\n")
         written.append(target)
     return written
-
-
-_atomic_write = atomic_write  # transitional name used by mssdf.train; prefer mssdf.atomic

@@ -12,12 +12,13 @@ transposes 3-D tensors and so computes something else than it describes):
   first ``shared_fraction`` of the channels (the *shared* part). Within each image, a
   token of modality a and the token of modality b **at the same patch position** are a
   positive pair (only positions visible in both modalities have one); every other
-  visible token of b in that image is a negative (and symmetrically). Averaged over
-  positive pairs and over all modality pairs. The encoder is shared, so this aligns
+  visible token of b in that image is a negative (and symmetrically). Averaged over an
+  image's pairs, then over images (a per-sample mean, so DDP's gradient averaging
+  matches one process), then over all modality pairs. The encoder is shared, so this aligns
   what co-located patches of different modalities have in common.
 * **hsic** (weight 0.2): linear HSIC between the remaining channels (the
   *modality-specific* part) of the same co-located token pairs, over all pairs in the
-  batch, normalised by the two self-HSICs (linear CKA, in [0, 1]) so it cannot be
+  batch (a batch statistic: under DDP each rank uses its own pairs), normalised by the two self-HSICs (linear CKA, in [0, 1]) so it cannot be
   lowered by merely shrinking features. Minimising it keeps the specific parts of
   different modalities from duplicating each other: alignment of what modalities
   share, independence of what is unique to each (the abstract's goal).
@@ -96,7 +97,8 @@ def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07, match: Tensor | No
             columns without a positive are not scored; all of image i's tokens of the
             other modality are the candidates.
     Returns:
-        scalar, ``0.5·(CE(a→b) + CE(b→a))`` averaged over positive pairs (0 if none).
+        scalar, ``0.5·(CE(a→b) + CE(b→a))``, each averaged over an image's positive pairs,
+        then over images (0 if there is no pair at all).
     """
     if a.dim() == 2:
         a, b = a.unsqueeze(0), b.unsqueeze(0)
@@ -109,9 +111,22 @@ def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07, match: Tensor | No
     rows, cols = match.any(-1), match.any(-2)  # (B, n), (B, m)
     if not bool(rows.any()):
         return logits.sum() * 0.0
-    loss_ab = F.cross_entropy(logits[rows], match.float().argmax(-1)[rows])
-    loss_ba = F.cross_entropy(logits.transpose(1, 2)[cols], match.float().argmax(-2)[cols])
-    return 0.5 * (loss_ab + loss_ba)
+    loss_ab = F.cross_entropy(logits[rows], match.float().argmax(-1)[rows], reduction="none")
+    loss_ba = F.cross_entropy(logits.transpose(1, 2)[cols], match.float().argmax(-2)[cols], reduction="none")
+    return 0.5 * (_per_image_mean(loss_ab, rows) + _per_image_mean(loss_ba, cols))
+
+
+def _per_image_mean(values: Tensor, selected: Tensor) -> Tensor:
+    """Mean over images (that have any ``selected`` entry) of the mean of their ``values``.
+
+    Each image weighs the same whatever its number of pairs, so the loss of a batch is a
+    mean of per-image values: under DDP the mean over ranks equals the global mean.
+    """
+    image = selected.nonzero()[:, 0]  # image index of each value
+    count = torch.bincount(image, minlength=selected.shape[0]).to(values.dtype)
+    total = torch.zeros(selected.shape[0], dtype=values.dtype, device=values.device).index_add_(0, image, values)
+    has = count > 0
+    return (total[has] / count[has]).mean()
 
 
 def matched_pairs(a: Tensor, b: Tensor, match: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,6 +1,6 @@
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # small models: 1 thread avoids oversubscription
 
 import pytest
 import torch

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mssdf.checkpoint import _atomic_write, export_timm, save_pretrained
+from mssdf.atomic import atomic_write
+from mssdf.checkpoint import export_timm, save_pretrained
 from mssdf.model import MSSDF
 
 CHECKPOINTS = "checkpoints"
@@ -83,7 +84,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """``torch.save`` ``state`` to ``path`` atomically."""
     path = Path(path)
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path
 
 

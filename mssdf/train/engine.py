@@ -14,12 +14,9 @@ One step (global step ``s``, 0-based; ``b`` samples on this rank, ``G = b·W`` g
 Under DDP the gradient is the mean over ranks of each rank's mean loss. That equals
 the single-process mean over the global batch for terms that are means of per-sample
 values with the same weight per sample: reconstruction (fixed masked count per
-sample) and the modality cross-entropy always; InfoNCE (a mean over co-located pairs)
-only when every image has the same number of pairs, i.e. without cross-modal
-substitution. HSIC/CKA is computed over each rank's own pairs (like batch statistics).
-So with cross-modal masking on, contrast and HSIC depend on how the global batch is
-split, as batch statistics would (measured: 2e-3 max weight difference after 12 steps of
-a micro model, vs 1e-7 with substitution off and HSIC off).
+sample), the modality cross-entropy and InfoNCE (a mean over images of per-image
+means). HSIC/CKA is computed over each rank's own co-located pairs (like batch
+statistics), so it alone depends on how the global batch is split.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mssdf.checkpoint import _atomic_write
+from mssdf.atomic import atomic_write_text
 from mssdf.losses import mssdf_loss
 from mssdf.model import MSSDF, ema_update
 from mssdf.paths import resolve
@@ -263,7 +260,7 @@ def _run(cfg, dataset, env: DistEnv, out_dir: Path, live, live_dir, progress, lo
         final_dir = None
         if env.is_main:
             final_dir = save_final(model, out_dir, timm=cfg.export_timm)
-            _atomic_write(out_dir / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(history, indent=1) + "\n"))
+            atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1) + "\n")
             sink.say(f"pretrain: done at step {step}; weights in {final_dir}")
     finally:
         sink.close()
