@@ -252,3 +252,99 @@ def test_random_crops_differ_between_workers_and_repeat(prepared):
     assert _offsets(other[i] for i in range(n)) != got
     assert got[0] == (ds.rows[0]["row"] + int(ds.crop_rng(0).integers(0, 9, size=2)[0]),
                       ds.rows[0]["col"] + int(ds.crop_rng(0).integers(0, 9, size=2)[1]))
+
+
+# ----------------------------------------------------------------------------- train statistics
+def test_stats_count_each_train_pixel_once(tmp_path):
+    raw = make_raw(tmp_path / "raw")
+    out = tmp_path / "out"
+    prepare(_cfg(raw, out, sources="rotterdam", rotterdam_stride=4, max_nodata=0.5, val_fraction=0.25, test_fraction=0.25), log=None)
+    rows = [r for r in read_index(out) if r["task"] == "pretrain_rotterdam"]
+    train = [r for r in rows if r["split"] == "train"]
+    assert train and len({(r["scene"], r["row"], r["col"]) for r in train}) == len(train)
+    stats = json.loads((out / "stats.json").read_text())["rotterdam"]
+    per_band = {key: [] for key in ("pan", "ms")}
+    for scene in sorted({r["scene"] for r in rows}):
+        union = None
+        for key in per_band:
+            arr = read_raster(out / "scenes" / "rotterdam" / scene / f"{key}.tif")
+            if union is None:
+                union = np.zeros(arr.shape[1:], bool)
+                for r in train:
+                    if r["scene"] == scene:
+                        union[r["row"] : r["row"] + r["size"], r["col"] : r["col"] + r["size"]] = True
+            per_band[key].append(arr[:, union])
+    size = train[0]["size"]
+    tile_pixels = sum(int(np.isfinite(read_raster(out / r["files"]["pan"])).sum()) for r in train)
+    for key, parts in per_band.items():
+        vals = np.concatenate(parts, 1).astype(np.float64)
+        n = int(np.isfinite(vals).sum(1).min())
+        assert stats[key]["pixels"] == n  # the true count: each overlapping train pixel once
+        np.testing.assert_allclose(stats[key]["mean"], np.nanmean(vals, 1), rtol=1e-9)
+        np.testing.assert_allclose(stats[key]["std"], np.nanstd(vals, 1), rtol=1e-7)
+    assert stats["pan"]["pixels"] < tile_pixels <= len(train) * size * size  # tiles overlap (stride 4 < 16)
+
+
+def test_running_stats_union_of_overlapping_windows():
+    from mssdf.data.stats import RunningStats
+    from mssdf.data.tiling import union_mask, windows
+
+    img = np.arange(40 * 30, dtype=np.float32).reshape(1, 40, 30)
+    img[0, 0, 0] = np.nan
+    wins = windows(40, 30, 16, 4)[:6]  # heavily overlapping
+    acc = RunningStats()
+    acc.update(img, union_mask(wins, 16, (40, 30)))
+    cover = union_mask(wins, 16, (40, 30)) & np.isfinite(img[0])
+    res = acc.result()
+    assert res["pixels"] == int(cover.sum())
+    np.testing.assert_allclose(res["mean"], [img[0][cover].mean(dtype=np.float64)])
+    np.testing.assert_allclose(res["std"], [img[0][cover].std(dtype=np.float64)], rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------- rows from TaskSpec, padding
+def test_index_rows_follow_taskspec(prepared, monkeypatch):
+    from mssdf.data import prepare as P
+
+    out, _, _ = prepared
+    for r in read_index(out):
+        spec = TASKS[r["task"]]
+        expect = {*spec.inputs, *P.EXTRA_FILES.get(spec.source, ()), *(k for k, _ in spec.target_files)}
+        assert set(r["files"]) == expect, r["task"]
+        for key, fname in spec.target_files:
+            assert r["files"][key].endswith("/" + fname)
+        assert (r["scene_class"] >= 0) == bool(spec.tile_class)
+        assert (r["synthetic"], r["derived"]) == (int(spec.synthetic), int(spec.derived))
+    header = (out / "index.csv").read_text().splitlines()[0].split(",")
+    assert "label_kind" in header and "synthetic" not in header and "derived" not in header  # derived on reading
+    tasks = json.loads((out / "tasks.json").read_text())
+    assert tasks["height"]["target_files"] == {"height": "ndsm.tif"}
+
+    # a new task declared only in TASKS gets its rows, files and label with no other change
+    spec = P.TaskSpec("lasvegas", ("pan",), ("label",), "real", ("background", "road"), "copy",
+                      target_files=(("label", "label.tif"),))
+    monkeypatch.setitem(P.TASKS, "seg_roads_copy", spec)
+    monkeypatch.setitem(P.SOURCE_TASKS, "lasvegas", [*P.SOURCE_TASKS["lasvegas"], "seg_roads_copy"])
+    raw = prepared[2]
+    out2 = out.parent / "out_copy"
+    prepare(_cfg(raw, out2, sources="lasvegas"), log=None)
+    rows = read_index(out2)
+    a = sorted((r["tile"], r["files"]["label"]) for r in rows if r["task"] == "seg_roads")
+    b = sorted((r["tile"], r["files"]["label"]) for r in rows if r["task"] == "seg_roads_copy")
+    assert a == b and a
+    s = SampleTiles(out2, "seg_roads_copy", "train")[0]
+    assert s["label"].shape == (32, 32) and s["meta"]["label_kind"] == "real"
+
+
+def test_scene_smaller_than_tile_is_padded(tmp_path):
+    raw = make_raw(tmp_path / "raw", lasvegas_px=28)
+    out = tmp_path / "out"
+    s = prepare(_cfg(raw, out, sources="lasvegas", val_fraction=0.0, test_fraction=0.0), log=None)
+    assert s["tiles_per_source"]["lasvegas"]["windows"] == 1  # one padded window (the readers' rule too)
+    (row,) = [r for r in read_index(out) if r["task"] == "seg_roads"]
+    assert row["nodata_frac"] == round(1 - 28 * 28 / 32 / 32, 4)
+    label = read_raster(out / row["files"]["label"], dtype=np.uint8)[0]
+    pan = read_raster(out / row["files"]["pan"])[0]
+    assert label.shape == (32, 32) and (label[28:] == 255).all() and (label[:, 28:] == 255).all()
+    assert np.isnan(pan[28:]).all() and np.isfinite(pan[:28, :28]).all()
+    sample = SampleTiles(out, "seg_roads", "train")[0]
+    assert not sample["valid"][28:].any() and sample["valid"][:28, :28].all()

@@ -7,9 +7,13 @@ Output layout (``out_dir``)::
     cache/<source>/<split>/<key>.npy   stacked tiles (N, C, H, W) for memory-mapped loading
                                        (tiles.json: their order; boxes.npy + boxes_offsets.npy)
     index.csv       one row per (task, tile): split, window, nodata fraction, files, and the
-                    ``label_kind`` column: real / synthetic / derived
-    tasks.json      per task: source, inputs, targets, classes, and whether labels are real
-    stats.json      per source and key: band names, mean/std from TRAIN tiles only
+                    ``label_kind`` column: real / synthetic / derived (``read_index`` adds
+                    the 0/1 ``synthetic`` / ``derived`` flags from it); rows come from TASKS
+    tasks.json      per task: source, inputs, targets, target files, classes, label kind
+    stats.json      per source and key: band names, mean/std and the pixel count over the
+                    TRAIN pixels only, each pixel once (the union of overlapping train tiles;
+                    the per-tile synthetic ``pan_t2`` over its train tiles)
+    previews/       optional figures, written before the swap by a ``before_swap`` hook
     summary.json    counts (kept / rejected tiles per source and split), checks, config
     README.md, LICENSE.md   what this is; attribution and licences (CC BY-SA stays CC BY-SA)
 
@@ -39,7 +43,7 @@ from mssdf.data.align import align_pair
 from mssdf.data.io import DataError, check_aligned, raster_info, read_nan, read_raster
 from mssdf.data.lidar import read_las, rasterise
 from mssdf.data.stats import RunningStats
-from mssdf.data.tiling import SPLITS, block_split, window_fraction, windows
+from mssdf.data.tiling import SPLITS, block_split, crop_padded, union_mask, window_fraction, windows
 from mssdf.data.write import write_geotiff
 
 SOURCES = ("autzen", "ign", "rotterdam", "atlanta", "lasvegas")
@@ -56,7 +60,21 @@ RAW_FILES: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What a task's samples hold. ``label_kind``: real, synthetic or derived."""
+    """What a task's samples hold; drives the index rows :func:`prepare` writes.
+
+    Attributes:
+        source: the source whose tiles the task uses.
+        inputs: input keys; each is the tile file ``<key>.tif``.
+        targets: sample target keys.
+        label_kind: ``real``, ``synthetic``, ``derived`` (or ``none``: no labels).
+        classes, description: class names; what the task is.
+        target_files: ``(target key, file in the tile folder)`` pairs, e.g. ``("height",
+            "ndsm.tif")``; a task with ``pan_t2`` among its inputs gets the synthetic change
+            pair, a task with ``boxes`` among its targets the ``n_boxes`` index column.
+        tile_class: rule of a per-tile class label (index column ``scene_class``, no file):
+            ``building_fraction`` (bins of the footprint fraction) or ``dominant_class``
+            (most frequent label class); tiles without a class get no row.
+    """
 
     source: str
     inputs: tuple[str, ...]
@@ -64,6 +82,18 @@ class TaskSpec:
     label_kind: str
     classes: tuple[str, ...] = ()
     description: str = ""
+    target_files: tuple[tuple[str, str], ...] = ()
+    tile_class: str | None = None
+
+    @property
+    def synthetic(self) -> bool:
+        """Labels made by editing real data (derived from ``label_kind``)."""
+        return self.label_kind == "synthetic"
+
+    @property
+    def derived(self) -> bool:
+        """Labels computed from other real labels (derived from ``label_kind``)."""
+        return self.label_kind == "derived"
 
 
 def _asprs_names() -> tuple[str, ...]:
@@ -74,23 +104,35 @@ TASKS: dict[str, TaskSpec] = {
     "pretrain_autzen": TaskSpec("autzen", ("rgb", "dsm"), (), "none", description="RGB <-> DSM pairs (Autzen lidar, 1 m)"),
     "pretrain_ign": TaskSpec("ign", ("rgb", "ms", "dsm"), (), "none", description="RGB + MS(B,G,R,NIR) <-> DSM (IGN lidar)"),
     "pretrain_rotterdam": TaskSpec("rotterdam", ("pan", "ms"), (), "none", description="pan <-> MS pairs (SpaceNet 6 Rotterdam)"),
-    "height": TaskSpec("autzen", ("rgb",), ("height",), "real", description="RGB -> nDSM height (m), the US3D analogue"),
-    "seg_asprs": TaskSpec("ign", ("rgb", "ms", "dsm"), ("label",), "real", _asprs_names(), "ASPRS classes of the top point"),
-    "seg_buildings": TaskSpec("atlanta", ("pan",), ("label",), "real", ("background", "building"), "SpaceNet 4 footprints"),
-    "seg_roads": TaskSpec("lasvegas", ("pan",), ("label",), "real", ("background", "road"), "SpaceNet 3 road mask"),
-    "detection": TaskSpec("atlanta", ("pan",), ("boxes", "box_labels"), "real", ("building",), "building boxes"),
+    "height": TaskSpec("autzen", ("rgb",), ("height",), "real", description="RGB -> nDSM height (m), the US3D analogue",
+                       target_files=(("height", "ndsm.tif"),)),
+    "seg_asprs": TaskSpec("ign", ("rgb", "ms", "dsm"), ("label",), "real", _asprs_names(), "ASPRS classes of the top point",
+                          target_files=(("label", "label.tif"),)),
+    "seg_buildings": TaskSpec("atlanta", ("pan",), ("label",), "real", ("background", "building"), "SpaceNet 4 footprints",
+                              target_files=(("label", "label.tif"),)),
+    "seg_roads": TaskSpec("lasvegas", ("pan",), ("label",), "real", ("background", "road"), "SpaceNet 3 road mask",
+                          target_files=(("label", "label.tif"),)),
+    "detection": TaskSpec("atlanta", ("pan",), ("boxes", "box_labels"), "real", ("building",), "building boxes",
+                          target_files=(("boxes", "boxes.json"),)),
     "change": TaskSpec(
         "atlanta", ("pan", "pan_t2"), ("label",), "synthetic", ("unchanged", "changed"),
-        "SYNTHETIC: buildings removed/pasted/shifted in real tiles; exact change mask",
+        "SYNTHETIC: buildings removed/pasted/shifted in real tiles; exact change mask", target_files=(("label", "change.tif"),),
     ),
     "scene": TaskSpec(
         "atlanta", ("pan",), ("label",), "derived", ("few buildings", "some buildings", "dense buildings"),
-        "DERIVED: tile class = bin of the real building fraction",
+        "DERIVED: tile class = bin of the real building fraction", tile_class="building_fraction",
     ),
     "scene_asprs": TaskSpec(
         "ign", ("rgb", "ms", "dsm"), ("label",), "derived", _asprs_names(), "DERIVED: dominant ASPRS class of the tile",
+        tile_class="dominant_class",
     ),
 }
+
+# Files every index row of a source lists besides its task's own (SampleTiles can then
+# return the nDSM in place of the DSM: ``dsm_source="ndsm"``).
+EXTRA_FILES: dict[str, tuple[str, ...]] = {"autzen": ("dsm", "ndsm"), "ign": ("dsm", "ndsm")}
+# Scene arrays that get no band statistics (labels; the DTM is not tiled).
+NO_STATS = ("label", "change", "dtm")
 
 BAND_NAMES: dict[str, dict[str, list[str]]] = {
     "autzen": {"rgb": ["red", "green", "blue"], "dsm": ["dsm_m"], "ndsm": ["ndsm_m"], "height": ["ndsm_m"]},
@@ -439,7 +481,7 @@ def _write_all(cfg: PrepareConfig, scenes: dict[str, list[Scene]], out: Path, ra
         n_windows = 0
         for sc in src_scenes:
             h, w = sc.valid.shape
-            wins = windows(h, w, size, stride)
+            wins = windows(h, w, size, stride)  # a scene smaller than a tile: one padded window
             n_windows += len(wins)
             frac = 1.0 - window_fraction(sc.valid, wins, size) if len(wins) else np.zeros(0)
             keep = frac <= cfg.max_nodata
@@ -453,6 +495,7 @@ def _write_all(cfg: PrepareConfig, scenes: dict[str, list[Scene]], out: Path, ra
         c = counts.setdefault(source, {"windows": n_windows, "rejected_nodata": n_windows - sum(map(len, cand)),
                                        "dropped_block_border": 0, **{s: 0 for s in SPLITS}})
         for si, sc in enumerate(src_scenes):
+            _scene_stats(sc, cand[si][splits[si] == SPLITS.index("train")], size, stats)
             for (r, col), split_id, frac in zip(cand[si], splits[si], fracs[si]):
                 if split_id < 0:
                     c["dropped_block_border"] += 1
@@ -470,7 +513,7 @@ def _write_all(cfg: PrepareConfig, scenes: dict[str, list[Scene]], out: Path, ra
     stats_json = {src: {key: {"bands": BAND_NAMES[src].get(key, []), **acc.result()} for (s2, key), acc in sorted(stats.items()) if s2 == src}
                   for src in scenes}
     (out / "stats.json").write_text(json.dumps(stats_json, indent=2, sort_keys=True) + "\n")
-    tasks = {t: {**to_dict(spec), "synthetic": spec.label_kind == "synthetic", "derived": spec.label_kind == "derived"}
+    tasks = {t: {**to_dict(spec), "target_files": dict(spec.target_files), "synthetic": spec.synthetic, "derived": spec.derived}
              for t, spec in TASKS.items() if spec.source in scenes}
     (out / "tasks.json").write_text(json.dumps(tasks, indent=2, sort_keys=True) + "\n")
     if cfg.build_cache:
@@ -483,21 +526,48 @@ def _write_all(cfg: PrepareConfig, scenes: dict[str, list[Scene]], out: Path, ra
             "label_kinds": {t: spec.label_kind for t, spec in TASKS.items() if spec.source in scenes}}
 
 
+def _scene_stats(sc: Scene, train_wins: np.ndarray, size: int, stats: dict) -> None:
+    """Add the scene's TRAIN pixels to the band statistics: each pixel once, however many
+    overlapping train tiles hold it (the union of the train windows), NaN skipped."""
+    train = union_mask(train_wins, size, sc.valid.shape)
+    if not train.any():
+        return
+    for key, arr in sc.arrays.items():
+        if key not in NO_STATS:
+            stats.setdefault((sc.source, key), RunningStats()).update(arr, train)
+    for task in SOURCE_TASKS[sc.source]:  # continuous targets stored in an input's file (height = nDSM)
+        for key, fname in TASKS[task].target_files:
+            stem = fname.rsplit(".", 1)[0]
+            if key not in NO_STATS and key not in sc.arrays and stem in sc.arrays and fname.endswith(".tif"):
+                stats.setdefault((sc.source, key), RunningStats()).update(sc.arrays[stem], train)
+
+
+def _source_needs(source: str) -> tuple[bool, bool, set[str]]:
+    """What the source's tasks need per tile: boxes, the synthetic change pair, tile-class rules."""
+    specs = [TASKS[t] for t in SOURCE_TASKS[source]]
+    return (any("boxes" in s.targets for s in specs), any("pan_t2" in s.inputs for s in specs),
+            {s.tile_class for s in specs if s.tile_class})
+
+
 def _write_tile(cfg, sc: Scene, r: int, c: int, size: int, split: str, frac: float, out: Path, stats, cache) -> list[dict]:
-    """Write one tile's files; return its index rows (one per task of the source)."""
+    """Write one tile's files; return its index rows (one per task of the source, from :data:`TASKS`)."""
     source = sc.source
     name = f"{sc.name}_r{r:04d}_c{c:04d}"
     folder = out / "tiles" / source / name
     rel = f"tiles/{source}/{name}"
     tf = _tile_transform(sc.transform, r, c)
-    win = (slice(None), slice(r, r + size), slice(c, c + size))
-    tile = {k: v[win] for k, v in sc.arrays.items() if k != "dtm"}
+    # windows past the scene border (scenes smaller than a tile) are padded with no data
+    tile = {k: crop_padded(v, r, c, size, np.nan if np.issubdtype(v.dtype, np.floating) else L.IGNORE)
+            for k, v in sc.arrays.items() if k != "dtm"}
+    inst = crop_padded(sc.instances, r, c, size, 0) if sc.instances is not None else None
+    need_boxes, need_change, class_rules = _source_needs(source)
     extra: dict[str, Any] = {}
-    if source == "atlanta":
-        inst = sc.instances[r : r + size, c : c + size]
+    if need_boxes:
         boxes = L.boxes_from_instances(inst, cfg.min_box_pixels)
-        (folder).mkdir(parents=True, exist_ok=True)
-        (folder / "boxes.json").write_text(json.dumps({"boxes_xyxy": boxes.tolist(), "box_labels": [0] * len(boxes)}) + "\n")
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "boxes.json", json.dumps({"boxes_xyxy": boxes.tolist(), "box_labels": [0] * len(boxes)}) + "\n")
+        extra.update(boxes=boxes, n_boxes=len(boxes))
+    if need_change:
         seed = cfg.seed * 1_000_003 + r * 10_007 + c
         filled = np.nan_to_num(tile["pan"], nan=0.0)
         t2, change, recs = L.synthetic_change(filled, inst, np.random.default_rng(seed), n_changes=cfg.change_per_tile,
@@ -505,45 +575,33 @@ def _write_tile(cfg, sc: Scene, r: int, c: int, size: int, split: str, frac: flo
         t2 = np.where(np.isnan(tile["pan"]), np.nan, t2).astype(np.float32)
         tile["pan_t2"] = t2
         tile["change"] = np.where(np.isnan(tile["pan"][0]), L.IGNORE, change)[None].astype(np.uint8)
+        extra.update(change_fraction=float(change.mean()), change_ops=";".join(x["op"] for x in recs))
+    if "building_fraction" in class_rules:
         fraction = float((inst > 0).mean())
-        extra = {"boxes": boxes, "n_boxes": len(boxes), "building_fraction": fraction,
-                 "scene_class": int(L.fraction_class(fraction, cfg.scene_edges)),
-                 "change_fraction": float(change.mean()), "change_ops": ";".join(x["op"] for x in recs)}
-    if source == "ign":
+        extra.update(building_fraction=fraction, scene_class=int(L.fraction_class(fraction, cfg.scene_edges)))
+    if "dominant_class" in class_rules:
         extra["scene_class"] = L.dominant_class(tile["label"][0], len(L.ASPRS_CLASSES))
     for key, arr in tile.items():
         write_geotiff(folder / f"{key}.tif", arr, sc.crs, tf, band_names=BAND_NAMES[source].get(key))
-    if split == "train":
+    if split == "train":  # per-tile arrays (the synthetic after-image): one independent image per tile
         for key, arr in tile.items():
-            if key not in ("label", "change"):
+            if key not in sc.arrays and key not in NO_STATS:
                 stats.setdefault((source, key), RunningStats()).update(arr)
-        if source == "autzen":
-            stats.setdefault((source, "height"), RunningStats()).update(tile["ndsm"])
 
     rows = []
     for task in SOURCE_TASKS[source]:
         spec = TASKS[task]
-        files = {k: f"{rel}/{k}.tif" for k in spec.inputs}
-        if source in ("autzen", "ign"):
-            files.update({"dsm": f"{rel}/dsm.tif", "ndsm": f"{rel}/ndsm.tif"})
-        if task == "height":
-            files["height"] = f"{rel}/ndsm.tif"
-        elif task in ("seg_asprs", "seg_buildings", "seg_roads"):
-            files["label"] = f"{rel}/label.tif"
-        elif task == "change":
-            files["label"] = f"{rel}/change.tif"
-        elif task == "detection":
-            files["boxes"] = f"{rel}/boxes.json"
-        scene_class = extra.get("scene_class", -1) if task in ("scene", "scene_asprs") else -1
-        if task == "scene_asprs" and scene_class < 0:
-            continue  # too few labelled pixels to name a dominant class (counted in rows_per_task)
+        files = {k: f"{rel}/{k}.tif" for k in (*spec.inputs, *EXTRA_FILES.get(source, ()))}
+        files.update({k: f"{rel}/{fname}" for k, fname in spec.target_files})
+        scene_class = extra.get("scene_class", -1) if spec.tile_class else -1
+        if spec.tile_class and scene_class < 0:
+            continue  # too few labelled pixels to name a tile class (counted in rows_per_task)
         rows.append({
             "task": task, "source": source, "scene": sc.name, "tile": name, "split": split, "row": r, "col": c,
             "size": size, "res_m": round(_res_m(cfg, source, sc), 4), "nodata_frac": round(frac, 4),
-            "label_kind": spec.label_kind, "synthetic": int(spec.label_kind == "synthetic"),
-            "derived": int(spec.label_kind == "derived"), "scene_class": scene_class,
-            "n_boxes": extra.get("n_boxes", 0) if task == "detection" else 0,
-            "change_fraction": round(extra.get("change_fraction", 0.0), 4) if task == "change" else 0.0,
+            "label_kind": spec.label_kind, "scene_class": scene_class,
+            "n_boxes": extra.get("n_boxes", 0) if "boxes" in spec.targets else 0,
+            "change_fraction": round(extra.get("change_fraction", 0.0), 4) if "pan_t2" in spec.inputs else 0.0,
             "files": json.dumps(files, sort_keys=True),
         })
     # memory-map cache: one stack per (source, split, file key), shared by the source's tasks
@@ -556,7 +614,7 @@ def _write_tile(cfg, sc: Scene, r: int, c: int, size: int, split: str, frac: flo
 
 
 INDEX_COLUMNS = ("task", "source", "scene", "tile", "split", "row", "col", "size", "res_m", "nodata_frac", "label_kind",
-                 "synthetic", "derived", "scene_class", "n_boxes", "change_fraction", "files")
+                 "scene_class", "n_boxes", "change_fraction", "files")
 
 
 def _write_index(path: Path, rows: list[dict]) -> None:
@@ -600,11 +658,14 @@ def _write_docs(out: Path, raw: Path) -> None:
 
 
 def read_index(root: str | Path) -> list[dict[str, Any]]:
-    """Rows of ``<root>/index.csv`` with numeric columns converted and ``files`` parsed."""
+    """Rows of ``<root>/index.csv`` with numeric columns converted and ``files`` parsed.
+
+    ``synthetic`` / ``derived`` (0/1) are derived from ``label_kind`` (not stored).
+    """
     path = Path(root) / "index.csv"
     if not path.is_file():
         raise DataError(f"{path}: no tile index; run the preparation first")
-    ints = {"row", "col", "size", "synthetic", "derived", "scene_class", "n_boxes"}
+    ints = {"row", "col", "size", "scene_class", "n_boxes"}
     floats = {"res_m", "nodata_frac", "change_fraction"}
     out = []
     with open(path, newline="") as f:
@@ -615,5 +676,6 @@ def read_index(root: str | Path) -> list[dict[str, Any]]:
             for k in floats:
                 r[k] = float(r[k])
             r["files"] = json.loads(r["files"])
+            r["synthetic"], r["derived"] = int(r["label_kind"] == "synthetic"), int(r["label_kind"] == "derived")
             out.append(r)
     return out

@@ -21,9 +21,10 @@ class RunningStats:
         self.total: np.ndarray | None = None
         self.total_sq: np.ndarray | None = None
 
-    def update(self, arr: np.ndarray) -> None:
-        """Add one (C, H, W) array; NaN pixels are skipped per band."""
-        flat = arr.reshape(arr.shape[0], -1).astype(np.float64)
+    def update(self, arr: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Add one (C, H, W) array (only the pixels where the (H, W) ``mask`` is True, if
+        given); NaN pixels are skipped per band."""
+        flat = (arr[:, mask] if mask is not None else arr.reshape(arr.shape[0], -1)).astype(np.float64)
         ok = np.isfinite(flat)
         vals = np.where(ok, flat, 0.0)
         if self.count is None:
@@ -37,7 +38,8 @@ class RunningStats:
         self.total_sq += (vals**2).sum(1)
 
     def result(self) -> dict[str, list[float] | int]:
-        """``{"mean": [...], "std": [...], "pixels": n}`` (std is the population std)."""
+        """``{"mean": [...], "std": [...], "pixels": n}`` (population std; ``pixels``: the
+        number of finite pixels counted, of the band with the fewest)."""
         if self.count is None or np.any(self.count == 0):
             raise ValueError("no valid pixels to compute statistics from")
         mean = self.total / self.count

@@ -15,33 +15,67 @@ import numpy as np
 SPLITS = ("train", "val", "test")
 
 
-def windows(height: int, width: int, size: int, stride: int) -> np.ndarray:
-    """(K, 2) int64 top-left ``(row, col)`` of ``size`` windows every ``stride`` pixels.
+def starts(length: int, size: int, stride: int) -> np.ndarray:
+    """Window start offsets along one axis of ``length`` pixels: THE sliding-window rule.
 
-    A last window flush with the bottom/right border is added when the stride does not
-    reach it; an image smaller than ``size`` gives no window.
+    Windows start every ``stride`` pixels; when the last one does not reach the end, one
+    more window flush with the end is added (it overlaps its neighbour), so every pixel is
+    covered and every window lies inside the image. An axis shorter than ``size`` gets one
+    window at 0 that extends past the end: the caller PADS it to ``size`` (prepare pads
+    with no data, the readers with 0 / the ignore label). Used by :func:`windows` (prepare)
+    and :mod:`mssdf.data.readers.windows` (every reader).
+
+    Raises:
+        ValueError: ``size`` or ``stride`` not positive (the readers re-raise ConfigError).
     """
     if size <= 0 or stride <= 0:
-        raise ValueError(f"size and stride must be positive, got {size}, {stride}")
+        raise ValueError(f"window size {size} and stride {stride} must be positive")
+    if length <= size:
+        return np.zeros(1, np.int64)
+    s = np.arange(0, length - size + 1, stride, dtype=np.int64)
+    return s if s[-1] == length - size else np.r_[s, length - size]
 
-    def starts(n: int) -> np.ndarray:
-        if n < size:
-            return np.zeros(0, np.int64)
-        s = np.arange(0, n - size + 1, stride, dtype=np.int64)
-        return s if s[-1] == n - size else np.r_[s, n - size]
 
-    rows, cols = starts(height), starts(width)
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+def windows(height: int, width: int, size: int, stride: int) -> np.ndarray:
+    """(K, 2) int64 top-left ``(row, col)`` of ``size`` windows every ``stride`` pixels (rule: :func:`starts`).
+
+    A window of an image smaller than ``size`` extends past its border: read it with
+    :func:`crop_padded`.
+    """
+    rr, cc = np.meshgrid(starts(height, size, stride), starts(width, size, stride), indexing="ij")
     return np.stack([rr.ravel(), cc.ravel()], 1)
 
 
+def crop_padded(arr: np.ndarray, row: int, col: int, size: int, fill) -> np.ndarray:
+    """The ``size`` x ``size`` window at ``(row, col)`` of the last two axes of ``arr``,
+    padded at the bottom/right with ``fill`` where it extends past the array."""
+    out = arr[..., row : row + size, col : col + size]
+    ph, pw = size - out.shape[-2], size - out.shape[-1]
+    if ph or pw:
+        out = np.pad(out, [(0, 0)] * (arr.ndim - 2) + [(0, ph), (0, pw)], constant_values=fill)
+    return out
+
+
 def window_fraction(mask: np.ndarray, wins: np.ndarray, size: int) -> np.ndarray:
-    """(K,) fraction of True pixels of ``mask`` (H, W) inside each window (summed-area table)."""
-    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
-    sat[1:, 1:] = np.cumsum(np.cumsum(mask, 0, dtype=np.int64), 1)
+    """(K,) fraction of True pixels of ``mask`` (H, W) inside each window (summed-area table);
+    pixels of a window outside the mask (padding) count as False."""
+    h = max(mask.shape[0], int(wins[:, 0].max()) + size if len(wins) else 0)
+    w = max(mask.shape[1], int(wins[:, 1].max()) + size if len(wins) else 0)
+    sat = np.zeros((h + 1, w + 1), np.int64)
+    sat[1 : mask.shape[0] + 1, 1 : mask.shape[1] + 1] = np.cumsum(np.cumsum(mask, 0, dtype=np.int64), 1)
+    sat[mask.shape[0] + 1 :, :] = sat[mask.shape[0] : mask.shape[0] + 1, :]
+    sat[:, mask.shape[1] + 1 :] = sat[:, mask.shape[1] : mask.shape[1] + 1]
     r, c = wins[:, 0], wins[:, 1]
     total = sat[r + size, c + size] - sat[r, c + size] - sat[r + size, c] + sat[r, c]
     return total / float(size * size)
+
+
+def union_mask(wins: np.ndarray, size: int, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: pixels of ``shape`` covered by at least one of the ``size`` windows."""
+    out = np.zeros(shape, bool)
+    for r, c in wins:
+        out[r : r + size, c : c + size] = True
+    return out
 
 
 def assign_blocks(weights: np.ndarray, fractions: Sequence[float], rng: np.random.Generator) -> np.ndarray:

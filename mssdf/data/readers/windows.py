@@ -1,28 +1,26 @@
 """Sliding windows over an image, computed per image from its own size.
 
-A window is ``(row, col, height, width)``. Windows start every ``stride`` pixels; when
-the last one does not reach the right/bottom border, one more window aligned to that
-border is added (it overlaps its neighbour), so every pixel is covered and every window
-has the full size. An image smaller than ``size`` gets a single window of its own size
-along that axis (readers pad it).
+A window is ``(row, col, height, width)``. The start offsets follow the package's one
+rule, :func:`mssdf.data.tiling.starts` (also used by the preparation): windows every
+``stride`` pixels plus one flush with the right/bottom border, so every pixel is covered
+and every window has the full size. An image smaller than ``size`` gets a single window
+at 0 along that axis, of the image's own size here (the part that exists); readers PAD
+it to ``size``.
 """
 
 from __future__ import annotations
 
 from mssdf.config import ConfigError
+from mssdf.data import tiling
 from mssdf.data.readers.base import Window
 
 
 def starts(length: int, size: int, stride: int) -> list[int]:
-    """Window start offsets along one axis of ``length`` pixels (see module docstring)."""
-    if size <= 0 or stride <= 0:
-        raise ConfigError(f"window size {size} and stride {stride} must be positive")
-    if length <= size:
-        return [0]
-    out = list(range(0, length - size + 1, stride))
-    if out[-1] + size < length:
-        out.append(length - size)
-    return out
+    """Window start offsets along one axis (the package's one rule: :func:`mssdf.data.tiling.starts`)."""
+    try:
+        return tiling.starts(length, size, stride).tolist()
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def grid_windows(height: int, width: int, size: int, stride: int | None = None) -> list[Window]:
