@@ -348,3 +348,26 @@ def test_scene_smaller_than_tile_is_padded(tmp_path):
     assert np.isnan(pan[28:]).all() and np.isfinite(pan[:28, :28]).all()
     sample = SampleTiles(out, "seg_roads", "train")[0]
     assert not sample["valid"][28:].any() and sample["valid"][:28, :28].all()
+
+
+def test_sample_bad_arguments_raise_config_error(prepared):
+    out, _, _ = prepared
+    bad = [dict(task="nope"), dict(split="training"), dict(backend="zarr"), dict(dsm_source="dtm"),
+           dict(modalities=("rgb", "sar")), dict(task="pretrain_rotterdam", modalities=("dsm",)),
+           dict(crop=10_000), dict(crop=0), dict(crop=True)]
+    for kw in bad:
+        args = {"task": "pretrain_autzen", "split": "train", **kw}
+        with pytest.raises(ConfigError):
+            SampleTiles(out, **args)
+        with pytest.raises(DataError):  # still what it was before
+            SampleTiles(out, **args)
+
+
+def test_dsm_source_ndsm_reads_ndsm_everywhere(prepared):
+    out, _, _ = prepared
+    for backend in ("npy", "tif"):
+        a = SampleTiles(out, "pretrain_autzen", "train", backend=backend, dsm_source="ndsm", fill_nodata=False)
+        b = SampleTiles(out, "pretrain_autzen", "train", backend=backend, modalities=("ndsm",), fill_nodata=False)
+        assert torch.equal(torch.nan_to_num(a[0]["dsm"], nan=-1.0), torch.nan_to_num(b[0]["ndsm"], nan=-1.0))
+    filled = SampleTiles(out, "pretrain_autzen", "train", dsm_source="ndsm")
+    assert all(torch.isfinite(filled[i]["dsm"]).all() for i in range(len(filled)))

@@ -33,6 +33,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mssdf.atomic import atomic_write
 from mssdf.data.io import DataError
 
 
@@ -206,11 +207,8 @@ def extract(archive: Archive, path: Path, out: Path) -> list[Path]:
 
 
 def _write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    """Write ``data`` atomically (unique temporary name, then rename: :mod:`mssdf.atomic`)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _text_files() -> dict[str, bytes]:

@@ -25,12 +25,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mssdf.config import ConfigError
 from mssdf.data.io import DataError, read_raster
 from mssdf.data.prepare import TASKS, read_index
 from mssdf.data.readers.base import detection_collate
 from mssdf.data.tiling import SPLITS
 
 INPUT_KEYS = ("rgb", "ms", "dsm", "ndsm", "pan", "pan_t2")
+
+
+#: ``dsm_source`` -> the tile file the ``dsm`` modality is read from (and its statistics key).
+DSM_FILES = {"dsm": "dsm", "ndsm": "ndsm"}
+
+
+class SampleArgumentError(ConfigError, DataError):
+    """A bad :class:`SampleTiles` argument: a :class:`~mssdf.config.ConfigError` like the
+    readers raise (also a DataError, which it was before, so older handlers still catch it)."""
 
 
 def load_stats(root: str | Path, task: str) -> dict[str, dict[str, Any]]:
@@ -76,32 +86,35 @@ class SampleTiles(Dataset):
         seed: int = 0,
     ) -> None:
         if task not in TASKS:
-            raise DataError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+            raise SampleArgumentError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
         if split not in SPLITS:
-            raise DataError(f"unknown split {split!r}; choose from {list(SPLITS)}")
+            raise SampleArgumentError(f"unknown split {split!r}; choose from {list(SPLITS)}")
         if backend not in ("npy", "tif"):
-            raise DataError(f"unknown backend {backend!r}; choose 'npy' or 'tif'")
-        if dsm_source not in ("dsm", "ndsm"):
-            raise DataError(f"dsm_source={dsm_source!r}: expected 'dsm' or 'ndsm'")
+            raise SampleArgumentError(f"unknown backend {backend!r}; choose 'npy' or 'tif'")
+        if dsm_source not in DSM_FILES:
+            raise SampleArgumentError(f"dsm_source={dsm_source!r}: expected one of {sorted(DSM_FILES)}")
+        if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop <= 0):
+            raise SampleArgumentError(f"crop={crop!r}: expected a positive integer or None")
         self.root, self.task, self.split = Path(root), task, split
         self.spec = TASKS[task]
         self.modalities = tuple(modalities or self.spec.inputs)
         bad = [m for m in self.modalities if m not in INPUT_KEYS]
         if bad:
-            raise DataError(f"unknown modality {bad}; choose from {INPUT_KEYS}")
+            raise SampleArgumentError(f"unknown modality {bad}; choose from {INPUT_KEYS}")
+        self.dsm_source = dsm_source
         self.rows = [r for r in read_index(self.root) if r["task"] == task and r["split"] == split]
         for m in self.modalities:
-            if self.rows and m not in self.rows[0]["files"]:
-                raise DataError(f"task {task!r} has no modality {m!r} (available: {sorted(self.rows[0]['files'])})")
+            if self.rows and self._file_of(m) not in self.rows[0]["files"]:
+                raise SampleArgumentError(f"task {task!r} has no modality {m!r} (available: {sorted(self.rows[0]['files'])})")
         self.crop, self.random_crop, self.backend = crop, random_crop, backend
-        self.dsm_source, self.fill_nodata, self.transform = dsm_source, fill_nodata, transform
+        self.fill_nodata, self.transform = fill_nodata, transform
         self.seed, self.epoch = int(seed), 0
         # Optional override: a generator assigned here by a caller supplies the next crops
         # instead of :meth:`crop_rng` (kept for callers that seed crops themselves).
         self.rng: np.random.Generator | None = None
         self.stats = load_stats(self.root, task) if fill_nodata else {}
         if crop is not None and self.rows and crop > self.rows[0]["size"]:
-            raise DataError(f"crop {crop} is larger than the tiles ({self.rows[0]['size']} px) of task {task!r}")
+            raise SampleArgumentError(f"crop {crop} is larger than the tiles ({self.rows[0]['size']} px) of task {task!r}")
         self._mm: dict[str, np.ndarray] = {}
         self._pos: list[int] = []
         self._boxes: tuple[np.ndarray, np.ndarray] | None = None
@@ -126,16 +139,19 @@ class SampleTiles(Dataset):
         return np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), int(index)])
 
     # ------------------------------------------------------------------ reading
-    def _file_key(self, key: str) -> str:
-        """The on-disk key of a sample key (``dsm`` may come from ``ndsm``)."""
+    def _file_of(self, key: str) -> str:
+        """The index ``files`` entry (and statistics key) of a sample key: the one place
+        ``dsm_source`` applies (``dsm`` is read from the ``ndsm`` file when asked)."""
+        return DSM_FILES[self.dsm_source] if key == "dsm" else key
+
+    def _stem(self, key: str) -> str:
+        """The file stem (cache ``.npy`` name) of a sample key, e.g. ``height`` -> ``ndsm``."""
+        name = self._file_of(key)
         files = self.rows[0]["files"]
-        stem = Path(files[key]).stem if key in files else key
-        if key == "dsm" and self.dsm_source == "ndsm":
-            stem = "ndsm"
-        return stem
+        return Path(files[name]).stem if name in files else name
 
     def _read(self, i: int, key: str) -> np.ndarray:
-        stem = self._file_key(key)
+        stem = self._stem(key)
         if self.backend == "npy":
             if stem not in self._mm:
                 path = self._cache / f"{stem}.npy"
@@ -143,7 +159,7 @@ class SampleTiles(Dataset):
                     raise DataError(f"{path}: missing cache file")
                 self._mm[stem] = np.load(path, mmap_mode="r")
             return np.asarray(self._mm[stem][self._pos[i]])
-        rel = self.rows[i]["files"][key] if not (key == "dsm" and self.dsm_source == "ndsm") else self.rows[i]["files"]["ndsm"]
+        rel = self.rows[i]["files"][self._file_of(key)]
         return read_raster(self.root / rel, dtype=np.float32 if key not in ("label",) else np.uint8)
 
     def _boxes_of(self, i: int) -> np.ndarray:
@@ -181,14 +197,13 @@ class SampleTiles(Dataset):
             if bad.any():
                 valid &= ~bad.any(0)
                 if self.fill_nodata:
-                    stat_key = "ndsm" if key == "dsm" and self.dsm_source == "ndsm" else key
-                    mean = np.asarray(self.stats[stat_key]["mean"], np.float32)[:, None, None]
+                    mean = np.asarray(self.stats[self._file_of(key)]["mean"], np.float32)[:, None, None]
                     arr = np.where(bad, mean, arr)
             sample[key] = torch.from_numpy(arr)
         sample["valid"] = torch.from_numpy(valid)
         targets = self.spec.targets
         if "label" in targets:
-            if self.task in ("scene", "scene_asprs"):
+            if self.spec.tile_class:  # one class per tile, from the index
                 sample["label"] = torch.tensor(row["scene_class"], dtype=torch.int64)
             else:
                 sample["label"] = torch.from_numpy(np.asarray(self._read(i, "label")[0][win[1:]], dtype=np.int64))
@@ -216,4 +231,4 @@ class SampleTiles(Dataset):
         return f"SampleTiles(task={self.task!r}, split={self.split!r}, n={len(self)}, modalities={self.modalities}, backend={self.backend!r})"
 
 
-__all__ = ["SampleTiles", "load_stats", "INPUT_KEYS"]
+__all__ = ["SampleTiles", "SampleArgumentError", "load_stats", "INPUT_KEYS", "DSM_FILES"]

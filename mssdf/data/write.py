@@ -6,10 +6,12 @@ same array gives the same bytes (DVC outputs stay stable).
 
 from __future__ import annotations
 
-import os
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+from mssdf.atomic import atomic_write
 
 
 def write_geotiff(
@@ -23,7 +25,9 @@ def write_geotiff(
     """Write ``array`` ((C, H, W) or (H, W)) as a GeoTIFF; CRS/transform kept if given.
 
     Float arrays get ``nodata=NaN`` unless another value is passed. The file is written
-    next to its final name and renamed, so a reader never sees a half-written file.
+    atomically (:func:`mssdf.atomic.atomic_write`: a unique temporary file next to it, then
+    renamed), so a reader never sees a half-written file and concurrent writers never
+    share a temporary name.
     """
     import rasterio
 
@@ -49,18 +53,15 @@ def write_geotiff(
         profile["transform"] = transform
     if nodata is not None:
         profile["nodata"] = nodata
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    import warnings
-
     from rasterio.errors import NotGeoreferencedWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(arr)
-            if band_names:
-                for i, name in enumerate(band_names, 1):
-                    dst.set_band_description(i, name)
-    os.replace(tmp, path)
-    return path
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(arr)
+                if band_names:
+                    for i, name in enumerate(band_names, 1):
+                        dst.set_band_description(i, name)
+
+    return atomic_write(path, write)
