@@ -90,3 +90,37 @@ def test_synthetic_change_without_objects_is_no_change():
     img = np.ones((1, 16, 16), np.float32)
     after, mask, recs = L.synthetic_change(img, np.zeros((16, 16), np.int32), np.random.default_rng(0))
     assert mask.sum() == 0 and recs == [] and np.array_equal(after, img)
+
+
+def test_one_ignore_index():
+    from mssdf.data import io, labels
+    from mssdf.data.readers import IGNORE_INDEX as readers_ignore
+    from mssdf.data.readers import base, colors
+
+    assert io.IGNORE_INDEX == 255
+    assert labels.IGNORE is io.IGNORE_INDEX and base.IGNORE_INDEX is io.IGNORE_INDEX and readers_ignore is io.IGNORE_INDEX
+    assert colors.ColorPalette.__dataclass_fields__["ignore_index"].default == io.IGNORE_INDEX
+    assert base.nodata_to_nan is io.nodata_to_nan  # the readers use the same no-data rule
+
+
+def test_one_band_count_check(tmp_path):
+    import numpy as np
+    import pytest
+    from data_fakes import write_tif
+    from PIL import Image
+
+    from mssdf.data.align import align_pair
+    from mssdf.data.io import DataError, raster_info, read_raster
+    from mssdf.data.readers.base import header, image_header, read_image
+
+    p = write_tif(tmp_path / "x.tif", np.zeros((2, 4, 4), np.uint8), None, None)
+    q = tmp_path / "x.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(q)
+    msg = r"x\.(tif|png): has (2|3) band\(s\), expected 1 or 4"
+    for call in (lambda: raster_info(p, expected_bands=(1, 4)), lambda: read_raster(p, expected_bands=(1, 4)),
+                 lambda: header(p, (1, 4)), lambda: image_header(q, (1, 4)), lambda: read_image(q, (1, 4)),
+                 lambda: read_image(p, (1, 4))):
+        with pytest.raises(DataError, match=msg):
+            call()
+    with pytest.raises(DataError, match=r"x\.tif: has 2 band\(s\), expected 1"):
+        align_pair(p, p, 1.0, 1, 4)

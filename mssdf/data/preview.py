@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mssdf.data.io import read_raster
+from mssdf.data.io import IGNORE_INDEX, read_raster
 from mssdf.data.prepare import TASKS, read_index
 from mssdf.data.tiling import SPLITS
 
@@ -61,7 +61,7 @@ def scene_previews(out: str | Path, sources: list[str]):
         panels += [("IGN RGB", stretch(_scene(out, "ign", "ign", "rgb"), 0, 100), {}),
                    ("IGN false colour (NIR, R, G)", stretch(ms[[3, 2, 1]]), {}),
                    ("IGN DSM hillshade", hillshade(_scene(out, "ign", "ign", "dsm")[0], res), {"cmap": "gray"}),
-                   ("IGN ASPRS label (255 = ignore)", np.ma.masked_equal(_scene(out, "ign", "ign", "label")[0], 255), {"cmap": "tab10", "vmin": 0, "vmax": 9})]
+                   (f"IGN ASPRS label ({IGNORE_INDEX} = ignore)", np.ma.masked_equal(_scene(out, "ign", "ign", "label")[0], IGNORE_INDEX), {"cmap": "tab10", "vmin": 0, "vmax": 9})]
     if "rotterdam" in sources:
         ms = _scene(out, "rotterdam", "rotterdam1", "ms")
         panels += [("Rotterdam 1 pan (0.5 m)", stretch(_scene(out, "rotterdam", "rotterdam1", "pan"))[..., 0], {"cmap": "gray"}),
