@@ -66,3 +66,19 @@ def test_hrpairs_bad_inputs(tmp_path):
     assert s["meta"]["dsm_filled"] == 4 and (s["dsm"] == 12.0).all()
     with pytest.raises(DataError, match=r"(?s)nowhere: folder not found.*_dom\.tif"):
         HRPairs(tmp_path / "nowhere")
+
+
+def test_grey_rendered_dsm_is_marked(tmp_path):
+    data = make_hrpairs(tmp_path, {"a": (20, 20), "g": (20, 20)})
+    grey = np.repeat(np.round(data["g"]["dsm"] * 5).clip(0, 255).astype(np.uint8), 3, 0)  # 3 equal channels
+    write_tif(tmp_path / "patch" / "g_dsm.tif", grey, (0.0, 0.0, 0.5))
+    ds = HRPairs(tmp_path, window_size=10)
+    assert ds.dsm_kinds == {"a": "metres", "g": "grey"}
+    kinds = {ds[i]["meta"]["id"]: ds[i]["meta"]["dsm_kind"] for i in range(len(ds))}
+    assert kinds == {"a": "metres", "g": "grey"}
+    s = next(ds[i] for i in range(len(ds)) if ds[i]["meta"]["id"] == "g")
+    assert s["dsm"].shape == (1, 10, 10) and float(s["dsm"].max()) > 50  # rendering levels, not metres
+    import torch
+
+    batch = torch.utils.data.default_collate([ds[0], ds[len(ds) - 1]])
+    assert batch["meta"]["dsm_kind"] == ["metres", "grey"]

@@ -141,3 +141,30 @@ def test_dota_bad_inputs(tmp_path):
         DOTA(tmp_path, "val")
     with pytest.raises(ConfigError, match="version"):
         DOTA(tmp_path, "train", version="2.0")
+
+
+def test_dota_visible_fraction_vectorised_matches_reference():
+    from mssdf.data.readers.dota import _area, clip_to_rect, visible_fraction
+
+    def reference(polys, window):
+        r, c, h, w = window
+        out = []
+        for poly in polys.astype(np.float64).reshape(-1, 4, 2):
+            full = _area(poly)
+            if full <= 1e-9:
+                cx, cy = poly.mean(0)
+                out.append(float(c <= cx <= c + w and r <= cy <= r + h))
+            else:
+                out.append(_area(clip_to_rect(poly, c, r, c + w, r + h)) / full)
+        return np.array(out)
+
+    rng = np.random.default_rng(0)
+    polys = rng.uniform(-20, 120, (300, 8)).astype(np.float32)  # random quads: convex, concave, self-crossing
+    centre, half = rng.uniform(0, 100, (200, 2)), rng.uniform(1, 30, (200, 1))
+    ang = rng.uniform(0, np.pi, (200, 1)) + np.arange(4) * np.pi / 2
+    rot = np.stack([centre[:, :1] + half * np.cos(ang), centre[:, 1:] + half * np.sin(ang)], -1).reshape(200, 8)
+    degenerate = np.array([[5, 5, 5, 5, 5, 5, 5, 5], [0, 0, 10, 10, 20, 20, 30, 30], [200, 200] * 4], np.float32)
+    allp = np.concatenate([polys, rot.astype(np.float32), degenerate])
+    for window in [(0, 0, 50, 50), (30, 40, 64, 20), (-5, -5, 200, 200), (90, 90, 5, 5)]:
+        np.testing.assert_allclose(visible_fraction(allp, window), reference(allp, window), atol=1e-9)
+    assert visible_fraction(np.zeros((0, 8), np.float32), (0, 0, 8, 8)).shape == (0,)

@@ -139,3 +139,24 @@ def test_second_bad_inputs(second):
     (root / "im2").rename(root / "img2")
     with pytest.raises(DataError, match=r"(?s)im2: folder not found; expected layout.*label1/NNNNN\.png"):
         SECOND(root)
+
+
+def test_us3d_resampled_msi_still_checked_against_rgb(tmp_path):
+    make_us3d(tmp_path, [("JAX", 1, 1)])
+    msi = tmp_path / "Track1-MSI-1" / "JAX_001_001_MSI.tif"
+    write_tif(msi, np.ones((8, 4, 4), np.uint16), (400030.0, 3350000.0, 1.2))  # 30 m east of the RGB
+    with pytest.raises(DataError, match=r"JAX_001_001_MSI\.tif: bounds .* differ from its partner .*JAX_001_001_RGB\.tif"):
+        US3D(tmp_path, "all", modalities=("rgb", "ms"), resample_ms=True)
+    write_tif(msi, np.ones((8, 4, 4), np.uint16), (400000.0, 3350000.0, 1.5))  # larger area
+    with pytest.raises(DataError, match=r"JAX_001_001_MSI\.tif: bounds"):
+        US3D(tmp_path, "all", modalities=("rgb", "ms"), resample_ms=True)
+    import rasterio
+    from affine import Affine
+
+    with rasterio.open(msi, "w", driver="GTiff", count=8, height=4, width=4, dtype="uint16", crs="EPSG:32617",
+                       transform=Affine(1.2, 0, 400000.0, 0, -1.2, 3350000.0)) as dst:
+        dst.write(np.ones((8, 4, 4), np.uint16))
+    with pytest.raises(DataError, match=r"JAX_001_001_MSI\.tif: CRS EPSG:32617 differs"):
+        US3D(tmp_path, "all", modalities=("rgb", "ms"), resample_ms=True)
+    write_tif(msi, np.ones((8, 4, 4), np.uint16), (400000.4, 3349999.6, 1.2))  # within half an MSI pixel
+    assert US3D(tmp_path, "all", modalities=("rgb", "ms"), resample_ms=True)[0]["ms"].shape == (8, 16, 16)

@@ -165,6 +165,33 @@ def check_aligned(infos: Sequence[RasterInfo], tol: float = 1e-6) -> None:
             )
 
 
+def bounds(info: RasterInfo) -> tuple[float, float, float, float] | None:
+    """``(left, bottom, right, top)`` of a georeferenced raster (None without georeferencing)."""
+    if info.transform is None:
+        return None
+    a, b, c, d, e, f = info.transform[:6]
+    xs = (c, c + a * info.width, c + b * info.height, c + a * info.width + b * info.height)
+    ys = (f, f + d * info.width, f + e * info.height, f + d * info.width + e * info.height)
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def check_same_extent(ref: RasterInfo, other: RasterInfo, tol_px: float = 0.5) -> None:
+    """Raise :class:`DataError` naming ``other`` unless it covers ``ref``'s area in ``ref``'s
+    CRS (bounds within ``tol_px`` of the coarser pixel); grids may differ (resampling).
+
+    Rasters without georeferencing are not compared (as in :func:`check_aligned`).
+    """
+    if ref.crs is None or other.crs is None:
+        return
+    if other.crs != ref.crs:
+        raise DataError(f"{other.path}: CRS {other.crs} differs from its partner {ref.path} ({ref.crs})")
+    rb, ob = bounds(ref), bounds(other)
+    tol = tol_px * max(abs(ref.transform[0]), abs(other.transform[0]), abs(ref.transform[4]), abs(other.transform[4]))
+    if not np.allclose(rb, ob, rtol=0, atol=tol):
+        raise DataError(f"{other.path}: bounds {tuple(round(v, 3) for v in ob)} differ from its partner {ref.path}'s "
+                        f"{tuple(round(v, 3) for v in rb)} (tolerance {tol:g}); mismatched transform?")
+
+
 def read_colormap(path: str | Path, band: int = 1) -> np.ndarray | None:
     """The colour table of a palette band as a ``(256, 3)`` uint8 lookup table, or None.
 

@@ -115,18 +115,62 @@ def clip_to_rect(pts: np.ndarray, x0: float, y0: float, x1: float, y1: float) ->
     return np.asarray(out, np.float64).reshape(-1, 2)
 
 
+def _clip_half_plane(pts: np.ndarray, n: np.ndarray, axis: int, bound: float, keep_less: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One Sutherland-Hodgman step for K polygons at once.
+
+    ``pts`` (K, M, 2) holds each polygon's first ``n[k]`` vertices (the rest is padding);
+    returns the clipped polygons (K, 2M, 2) and their vertex counts, vertices in the same
+    order as :func:`clip_to_rect` produces them.
+    """
+    k, m, _ = pts.shape
+    idx = np.arange(m)
+    valid = idx[None] < n[:, None]
+    prev_idx = (idx[None] - 1) % np.maximum(n[:, None], 1)
+    prev = np.take_along_axis(pts, np.repeat(prev_idx[..., None], 2, -1), 1)
+    cur_v, prev_v = pts[..., axis], prev[..., axis]
+    cur_in = cur_v <= bound if keep_less else cur_v >= bound
+    prev_in = prev_v <= bound if keep_less else prev_v >= bound
+    cross = (cur_in != prev_in) & valid
+    denom = np.where(cross, cur_v - prev_v, 1.0)
+    t = np.where(cross, (bound - prev_v) / denom, 0.0)
+    inter = prev + t[..., None] * (pts - prev)
+    out = np.stack([inter, pts], 2).reshape(k, 2 * m, 2)  # per input vertex: crossing point, then the vertex
+    keep = np.stack([cross, cur_in & valid], 2).reshape(k, 2 * m)
+    n_new = keep.sum(1)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, : max(int(n_new.max(initial=0)), 1)]  # kept outputs first
+    return np.take_along_axis(out, np.repeat(order[..., None], 2, -1), 1), n_new
+
+
+def _areas(pts: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """(K,) shoelace areas of padded polygons (fewer than 3 vertices: 0)."""
+    idx = np.arange(pts.shape[1])
+    valid = idx[None] < n[:, None]
+    nxt = np.take_along_axis(pts, np.repeat(((idx[None] + 1) % np.maximum(n[:, None], 1))[..., None], 2, -1), 1)
+    cross = pts[..., 0] * nxt[..., 1] - pts[..., 1] * nxt[..., 0]
+    return np.where(n >= 3, 0.5 * np.abs(np.where(valid, cross, 0.0).sum(1)), 0.0)
+
+
 def visible_fraction(polys: np.ndarray, window: Window) -> np.ndarray:
-    """Fraction of each polygon ``(K, 8)``'s area inside ``window`` (degenerate ones: centre inside -> 1)."""
+    """Fraction of each polygon ``(K, 8)``'s area inside ``window`` (degenerate ones: centre inside -> 1).
+
+    Vectorised over the polygons (the same Sutherland-Hodgman clip as :func:`clip_to_rect`).
+    """
     r, c, h, w = window
-    out = np.zeros(len(polys))
-    for k, poly in enumerate(polys.astype(np.float64).reshape(-1, 4, 2)):
-        full = _area(poly)
-        if full <= 1e-9:
-            cx, cy = poly.mean(0)
-            out[k] = float(c <= cx <= c + w and r <= cy <= r + h)
-        else:
-            out[k] = _area(clip_to_rect(poly, c, r, c + w, r + h)) / full
-    return out
+    quads = polys.astype(np.float64).reshape(-1, 4, 2)
+    if len(quads) == 0:
+        return np.zeros(0)
+    full = _areas(quads, np.full(len(quads), 4))
+    lo, hi = quads.min(1), quads.max(1)
+    inside = np.where((lo[:, 0] >= c) & (hi[:, 0] <= c + w) & (lo[:, 1] >= r) & (hi[:, 1] <= r + h), full, 0.0)
+    straddle = (hi[:, 0] > c) & (lo[:, 0] < c + w) & (hi[:, 1] > r) & (lo[:, 1] < r + h) & (inside == 0)
+    if straddle.any():  # only polygons crossing the window border are clipped
+        pts, n = quads[straddle], np.full(int(straddle.sum()), 4)
+        for axis, bound, keep_less in ((0, c, False), (0, c + w, True), (1, r, False), (1, r + h, True)):
+            pts, n = _clip_half_plane(pts, n, axis, bound, keep_less)
+        inside[straddle] = _areas(pts, n)
+    cx, cy = quads[..., 0].mean(1), quads[..., 1].mean(1)
+    centre_in = (c <= cx) & (cx <= c + w) & (r <= cy) & (cy <= r + h)
+    return np.where(full <= 1e-9, centre_in.astype(np.float64), inside / np.where(full <= 1e-9, 1.0, full))
 
 
 class DOTA(ReaderDataset):

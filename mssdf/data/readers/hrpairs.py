@@ -14,8 +14,13 @@ another window drawn with a generator seeded by ``(seed, epoch, index)``; after
 the authors' unbounded recursion). ``meta`` records ``source_index`` (the window actually
 returned) and its ``black_fraction``.
 
-Sample: ``rgb`` (3,S,S) float32 raw, ``dsm`` (1,S,S) float32 metres (nodata/NaN filled
-with the window's lowest height, counted in ``meta["dsm_filled"]``), ``meta``.
+Sample: ``rgb`` (3,S,S) float32 raw, ``dsm`` (1,S,S) float32 (nodata/NaN filled with the
+window's lowest height, counted in ``meta["dsm_filled"]``), ``meta``. ``meta["dsm_kind"]``
+says what the DSM values are: ``"metres"`` for a 1-band DSM, ``"grey"`` for a 3-band file
+(equal channels of a grey rendering, averaged): its values are rendering levels (e.g.
+0-255), NOT metres, so height losses/metrics in metres are meaningless for those pairs
+(the file is accepted because the authors' loader accepts it). The dataset's
+``dsm_kinds`` lists the kind per file.
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ class HRPairs(ReaderDataset):
         if not doms:
             raise DataError(f"{patch}: no *_dom.tif files; expected layout:\n{LAYOUT}")
         self.pairs: list[tuple[str, Path, Path, RasterInfo, RasterInfo]] = []
+        self.dsm_kinds: dict[str, str] = {}  # name -> "metres" (1 band) or "grey" (3-band rendering)
         self.windows: list[tuple[int, Window]] = []
         for dom in doms:
             name = dom.name[: -len("_dom.tif")]
@@ -106,6 +112,7 @@ class HRPairs(ReaderDataset):
                 check_aligned([dom_info, dsm_info])
             k = len(self.pairs)
             self.pairs.append((name, dom, dsm, dom_info, dsm_info))
+            self.dsm_kinds[name] = "metres" if dsm_info.count == 1 else "grey"
             self.windows += [(k, w) for w in grid_windows(dom_info.height, dom_info.width, window_size)]
 
     def set_epoch(self, epoch: int) -> None:
@@ -127,7 +134,7 @@ class HRPairs(ReaderDataset):
             height = read_grey(dsm, window)
         height, filled = fill_heights(pad_to(height, s, s, np.nan))
         meta = {"id": name, "window": list(window), "source_index": index, "black_fraction": black,
-                "dsm_filled": filled}  # fmt: skip
+                "dsm_filled": filled, "dsm_kind": self.dsm_kinds[name]}  # fmt: skip
         return {"rgb": to_tensor(rgb), "dsm": to_tensor(height), "meta": meta}, black
 
     def load(self, index: int) -> Sample:

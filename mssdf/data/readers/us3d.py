@@ -17,7 +17,8 @@ header's nodata value) = no data and ``meta["height_nan"]`` = its pixel count, `
 Splits (no official one is given to us): ``all``, or ``train``/``val``/``test`` as a seeded
 split by geographic tile (``{city}_{tile}``, so views of one tile never span two parts)
 with ``fractions`` (default 0.8/0.1/0.1). MSI smaller than RGB (coarser grid) is an error
-unless ``resample_ms=True`` (bilinear up-sampling to the RGB grid).
+unless ``resample_ms=True`` (bilinear up-sampling to the RGB grid; the MSI must still
+share the RGB's CRS and bounds, within half an MSI pixel, when both are georeferenced).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from mssdf.data.io import DataError, RasterInfo, check_aligned
+from mssdf.data.io import DataError, RasterInfo, check_aligned, check_same_extent
 from mssdf.data.readers.base import (
     IGNORE_INDEX,
     ReaderDataset,
@@ -149,6 +150,7 @@ class US3D(ReaderDataset):
             if info is ref:
                 continue
             if kind == "MSI" and self.resample_ms and (info.height, info.width) != (ref.height, ref.width):
+                check_same_extent(ref, info)  # another grid, but the same CRS and area
                 continue
             check_same_size(ref, info)
             check_aligned([ref, info])
