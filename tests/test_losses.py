@@ -5,12 +5,12 @@ import torch
 
 from mssdf.losses import (
     LossConfig,
-    colocated,
+    colocated_cka,
+    dense_tokens,
     info_nce,
     linear_cka,
     linear_hsic,
     masked_mse,
-    matched_pairs,
     modality_cross_entropy,
     mssdf_loss,
 )
@@ -34,18 +34,55 @@ def test_reconstruction_counts_only_masked_positions():
 
 def test_info_nce_low_for_aligned_high_for_shuffled():
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(4, 64, 32, generator=g)
+    a = torch.randn(16, 10, 32, generator=g)  # 16 images, 10 positions
     aligned = info_nce(a, a + 0.01 * torch.randn(a.shape, generator=g))
-    shuffled = info_nce(a, a[:, torch.randperm(64, generator=g)])
-    chance = torch.log(torch.tensor(64.0))
+    shuffled = info_nce(a, a[torch.randperm(16, generator=g)])  # other images' tokens as partners
+    chance = torch.log(torch.tensor(16.0))
     assert aligned < 0.05
     assert shuffled > chance  # worse than uniform guessing: positives are now dissimilar
-    assert info_nce(a[0], a[0]) == pytest.approx(info_nce(a[:1], a[:1]).item())  # 2-D input = one image
+
+
+def test_info_nce_cannot_be_solved_by_position_alone():
+    """Candidates share the position: features that only encode position give chance level."""
+    position_only = torch.randn(1, 10, 32).expand(8, -1, -1)  # the same for every image
+    assert info_nce(position_only, position_only).item() == pytest.approx(float(torch.log(torch.tensor(8.0))), rel=1e-4)
+
+
+def test_info_nce_scores_only_positions_visible_in_both():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(4, 6, 8, generator=g)
+    b = torch.randn(4, 6, 8, generator=g)
+    va = torch.zeros(4, 6, dtype=torch.bool)
+    va[:, :3] = True
+    vb = torch.zeros(4, 6, dtype=torch.bool)
+    vb[:, 2:5] = True
+    ref = info_nce(a, b, va, vb)
+    b2 = b.clone()
+    b2[:, :2] = 100 * torch.randn(4, 2, 8, generator=g)  # invisible in b: ignored
+    a2 = a.clone()
+    a2[:, 3:] = 100 * torch.randn(4, 3, 8, generator=g)  # invisible in a: ignored
+    torch.testing.assert_close(info_nce(a2, b2, va, vb), ref)
+    none = torch.zeros(4, 6, dtype=torch.bool)
+    assert info_nce(a, b, va, none) == 0
 
 
 def test_info_nce_is_symmetric():
-    a, b = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
+    a, b = torch.randn(5, 10, 8), torch.randn(5, 10, 8)
     assert info_nce(a, b).item() == pytest.approx(info_nce(b, a).item(), rel=1e-6)
+
+
+def test_dense_tokens_and_colocated_cka():
+    tokens = torch.tensor([[[1.0], [2.0]]])
+    dense, visible = dense_tokens(tokens, torch.tensor([[1, 3]]), 4)
+    assert dense.flatten().tolist() == [0.0, 1.0, 0.0, 2.0] and visible.tolist() == [[False, True, False, True]]
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(8, 50, 6, generator=g)
+    vis = torch.rand(8, 50, generator=g) > 0.3
+    assert colocated_cka(a, 2 * a, vis, vis).item() == pytest.approx(1.0, rel=1e-5)
+    assert colocated_cka(a, torch.randn(8, 50, 6, generator=g), vis, vis) < 0.1
+    garbage = a.clone()
+    garbage[~vis] = 1e3  # values at positions not visible in both never enter
+    assert colocated_cka(garbage, 2 * a, vis, vis).item() == pytest.approx(1.0, rel=1e-5)
 
 
 def test_hsic_near_zero_for_independent_and_positive_for_dependent():
@@ -99,29 +136,6 @@ def fake_output(keys=("rgb", "dsm"), agree=False, seed=0):
         modality_logits=t(b * len(keys), 2),
         modality_labels=torch.arange(len(keys)).repeat_interleave(b),
     )
-
-
-def test_colocated_pairs_are_the_positions_visible_in_both():
-    pos_a = torch.tensor([[0, 2, 4]])
-    pos_b = torch.tensor([[0, 2, 5]])
-    match = colocated(pos_a, pos_b)
-    assert match[0].nonzero().tolist() == [[0, 0], [1, 1]]
-    a = torch.tensor([[[1.0], [2.0], [3.0]]])
-    b = torch.tensor([[[10.0], [20.0], [30.0]]])
-    xa, xb = matched_pairs(a, b, match)
-    assert xa.flatten().tolist() == [1.0, 2.0] and xb.flatten().tolist() == [10.0, 20.0]
-
-
-def test_info_nce_with_a_match_scores_only_co_located_pairs():
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(3, 50, 16, generator=g)
-    perm = torch.randperm(50, generator=g)
-    b = a[:, perm]  # b's token j sits at a's position perm[j]
-    match = colocated(torch.arange(50).expand(3, -1), perm.expand(3, -1))
-    assert info_nce(a, b, match=match) < 0.05
-    assert info_nce(a, b) > 3.0  # identity pairing is wrong here
-    none = torch.zeros(3, 50, 50, dtype=torch.bool)
-    assert info_nce(a, b, match=none) == 0
 
 
 def test_pair_terms_respond_to_cross_modal_agreement():

@@ -14,9 +14,10 @@ One step (global step ``s``, 0-based; ``b`` samples on this rank, ``G = b·W`` g
 Under DDP the gradient is the mean over ranks of each rank's mean loss. That equals
 the single-process mean over the global batch for terms that are means of per-sample
 values with the same weight per sample: reconstruction (fixed masked count per
-sample), the modality cross-entropy and InfoNCE (a mean over images of per-image
-means). HSIC/CKA is computed over each rank's own co-located pairs (like batch
-statistics), so it alone depends on how the global batch is split.
+sample) and the modality cross-entropy. The pair terms (InfoNCE's negatives from other images, HSIC's
+pairs) couple the samples of a batch; they all-gather the tokens of every rank with a
+differentiable gather (:func:`mssdf.train.distributed.loss_gather`), so a run on W
+processes computes the global-batch loss and gradient of one process.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from mssdf.train.checkpointing import (
 from mssdf.train.config import PretrainConfig
 from mssdf.train.data import GlobalBatchSampler, KeyedDataset, build_dataset, check_data, collate
 from mssdf.train.distributed import (
-    DistEnv, all_gather_objects, cleanup, init_distributed, mean_across_ranks, seed_everything, unwrap, wrap_ddp,
+    DistEnv, all_gather_objects, cleanup, init_distributed, loss_gather, mean_across_ranks, seed_everything, unwrap,
+    wrap_ddp,
 )
 from mssdf.train.masks import step_masks
 from mssdf.train.metrics import MetricSink, memory_mb
@@ -206,7 +208,7 @@ def _run(cfg, dataset, env: DistEnv, out_dir: Path, live, live_dir, progress, lo
                                    first_index=env.rank * cfg.batch_size, group=cfg.mask_group)
                 with autocast():
                     out = net(images, masks)
-                    loss, terms = mssdf_loss(out, cfg.losses)
+                    loss, terms = mssdf_loss(out, cfg.losses, *loss_gather(env))  # pair terms over the global batch
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
