@@ -109,9 +109,6 @@ class SampleTiles(Dataset):
         self.crop, self.random_crop, self.backend = crop, random_crop, backend
         self.fill_nodata, self.transform = fill_nodata, transform
         self.seed, self.epoch = int(seed), 0
-        # Optional override: a generator assigned here by a caller supplies the next crops
-        # instead of :meth:`crop_rng` (kept for callers that seed crops themselves).
-        self.rng: np.random.Generator | None = None
         self.stats = load_stats(self.root, task) if fill_nodata else {}
         if crop is not None and self.rows and crop > self.rows[0]["size"]:
             raise SampleArgumentError(f"crop {crop} is larger than the tiles ({self.rows[0]['size']} px) of task {task!r}")
@@ -184,7 +181,7 @@ class SampleTiles(Dataset):
         size = row["size"]
         c = self.crop or size
         if self.random_crop and c < size:
-            rng = self.rng if self.rng is not None else self.crop_rng(i, epoch)
+            rng = self.crop_rng(i, epoch)
             r0, c0 = (int(v) for v in rng.integers(0, size - c + 1, size=2))
         else:
             r0 = c0 = (size - c) // 2
