@@ -32,3 +32,19 @@ def mask_overlay(image: np.ndarray, mask: Tensor, grid: tuple[int, int], alpha: 
     m = mask.reshape(grid).float().repeat_interleave(h // grid[0], 0).repeat_interleave(w // grid[1], 1).numpy()
     img = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
     return img * (1 - alpha * m[..., None]) + 0.5 * alpha * m[..., None]
+
+
+def pca_rgb(*features: Tensor) -> list[np.ndarray]:
+    """Project several ``(N, D)`` feature sets on their joint first 3 principal components.
+
+    Returns:
+        one ``(N, 3)`` array in [0, 1] per input (shared projection and scaling, so
+        colours are comparable across the inputs, e.g. teacher targets vs predictions).
+    """
+    joint = torch.cat([f.detach().float().reshape(-1, f.shape[-1]) for f in features])
+    centred = joint - joint.mean(0, keepdim=True)
+    _, _, v = torch.pca_lowrank(centred, q=3, center=False)
+    proj = centred @ v[:, :3]
+    lo, hi = proj.quantile(0.02, dim=0), proj.quantile(0.98, dim=0)
+    proj = ((proj - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+    return [p.numpy() for p in proj.split([f.reshape(-1, f.shape[-1]).shape[0] for f in features])]
