@@ -447,7 +447,7 @@ def prepare(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         summary = _write_all(cfg, scenes, tmp, raw, say)
-        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        # no timings in the summary: the prepared folder must hash the same on every run (DVC)
         atomic_write_text(tmp / MARKER, json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if before_swap is not None:
             before_swap(tmp)
