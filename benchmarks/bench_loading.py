@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, when not installed
+
 
 def _rate(fn, seconds: float) -> float:
     """Calls of ``fn`` per second over about ``seconds`` (after one warm-up call)."""
