@@ -45,9 +45,14 @@ class DataConfig:
     one pre-training task = one pairing: ``pretrain_autzen`` rgb↔dsm,
     ``pretrain_ign`` rgb+ms↔dsm, ``pretrain_rotterdam`` pan↔ms). ``kind: synthetic``
     builds deterministic smooth random images in memory (tests, smoke runs).
+    ``kind: reader`` reads a paper dataset in its official layout through
+    :func:`mssdf.data.readers.get_dataset` (``reader``: its name, e.g. ``hr_pairs``;
+    ``reader_args``: its keyword arguments; ``root``: the dataset folder); the
+    ``modalities`` must be given, and per-band normalisation statistics are estimated
+    from ``stats_samples`` evenly spaced samples unless ``model.normalization`` sets them.
     """
 
-    kind: Literal["tiles", "synthetic"] = "tiles"
+    kind: Literal["tiles", "synthetic", "reader"] = "tiles"
     root: str = "data/prepared"  # repository-relative or absolute
     task: str = "pretrain_autzen"
     split: Literal["train", "val", "test"] = "train"
@@ -56,6 +61,9 @@ class DataConfig:
     backend: Literal["npy", "tif"] = "npy"
     dsm_source: Literal["dsm", "ndsm"] = "dsm"
     synthetic_samples: int = 64
+    reader: str = ""  # kind reader: registry name (mssdf.data.readers.get_dataset)
+    reader_args: dict[str, Any] = field(default_factory=dict)
+    stats_samples: int = 64  # kind reader: samples used to estimate band statistics
 
     def __post_init__(self) -> None:
         from mssdf.data.prepare import TASKS
@@ -74,6 +82,20 @@ class DataConfig:
             raise ConfigError(f"data.modalities: duplicates in {list(self.modalities)}")
         if self.crop is not None and self.crop < 1:
             raise ConfigError(f"data.crop: must be >= 1, got {self.crop}")
+        if self.kind == "reader":
+            from mssdf.data.readers import dataset_params
+
+            if not self.modalities:
+                raise ConfigError("data.modalities: a reader run must name its modalities (e.g. [rgb, dsm])")
+            try:
+                params = dataset_params(self.reader)
+            except ConfigError as err:
+                raise ConfigError(f"data.reader: {err}") from None
+            unknown = sorted(set(self.reader_args) - set(params) - {"split", "root"})
+            if unknown:
+                raise ConfigError(f"data.reader_args: unknown argument(s) {unknown} for reader {self.reader!r}; valid: {sorted(params)}")
+            if self.stats_samples < 1:
+                raise ConfigError(f"data.stats_samples: must be >= 1, got {self.stats_samples}")
         if self.synthetic_samples < 1:
             raise ConfigError(f"data.synthetic_samples: must be >= 1, got {self.synthetic_samples}")
 
@@ -196,7 +218,7 @@ class PretrainConfig:
             spec["modalities"] = {m: chans[m] for m in names}
             if isinstance(spec.get("normalization"), Mapping):  # statistics of unused modalities are dropped
                 spec["normalization"] = {m: s for m, s in spec["normalization"].items() if m in names}
-        if "normalization" not in spec and normalization:
+        if not spec.get("normalization") and normalization:  # empty or absent: the data's statistics
             spec["normalization"] = {m: s for m, s in normalization.items() if m in spec["modalities"]}
         return model_config(preset, **spec)
 

@@ -142,8 +142,16 @@ def check_data(cfg: PretrainConfig, root: str | Path | None = None) -> Path | No
     Raises:
         DataError: naming the missing path.
     """
-    if cfg.data.kind != "tiles":
+    if cfg.data.kind == "synthetic":
         return None
+    if cfg.data.kind == "reader":  # the reader checks its own layout when it is built
+        try:
+            folder = resolve(cfg.data.root, root)
+        except FileNotFoundError:
+            folder = Path(cfg.data.root).resolve()
+        if not folder.is_dir():
+            raise DataError(f"data.root: {folder}: no such folder (the {cfg.data.reader!r} dataset)")
+        return folder
     try:
         folder = resolve(cfg.data.root, root)
     except FileNotFoundError:
@@ -178,6 +186,8 @@ def build_dataset(cfg: PretrainConfig, root: str | Path | None = None) -> tuple[
     if cfg.data.kind == "synthetic":
         channels = {m: CHANNELS[m] for m in names}
         return SyntheticPairs(cfg.data.synthetic_samples, cfg.crop, channels, cfg.seed), channels, {}
+    if cfg.data.kind == "reader":
+        return _reader_dataset(cfg, root)
     from mssdf.data.sample import SampleTiles, load_stats
 
     folder = check_data(cfg, root)
@@ -195,6 +205,30 @@ def build_dataset(cfg: PretrainConfig, root: str | Path | None = None) -> tuple[
         channels[m] = len(mean)
         norm[m] = NormStats(tuple(float(v) for v in mean), tuple(max(float(s), 1e-6) if math.isfinite(s) else 1.0 for s in std))
     return tiles, channels, norm
+
+
+def _reader_dataset(cfg: PretrainConfig, root: str | Path | None) -> tuple[Dataset, dict[str, int], dict[str, NormStats]]:
+    """A paper-dataset reader, its channel counts, and band statistics estimated from it."""
+    from mssdf.data.readers import get_dataset
+
+    folder = check_data(cfg, root)
+    dataset = get_dataset(cfg.data.reader, folder, cfg.data.split, **cfg.data.reader_args)
+    if len(dataset) == 0:
+        raise DataError(f"data.root: {folder}: the {cfg.data.reader!r} reader found no {cfg.data.split} samples")
+    names = cfg.data.modality_names
+    picks = torch.linspace(0, len(dataset) - 1, min(cfg.data.stats_samples, len(dataset))).round().long().unique()
+    keyed = KeyedDataset(dataset, names)
+    samples = [keyed[(0, int(i))] for i in picks]
+    channels = {m: int(samples[0][m].shape[0]) for m in names}
+    norm = {}
+    for m in names:
+        values = torch.stack([s[m] for s in samples]).transpose(0, 1).reshape(channels[m], -1)  # (C, n·H·W)
+        finite = torch.isfinite(values)
+        count = finite.sum(1).clamp_min(1)
+        mean = torch.where(finite, values, 0).sum(1) / count
+        var = torch.where(finite, (values - mean[:, None]) ** 2, 0).sum(1) / count
+        norm[m] = NormStats(tuple(mean.tolist()), tuple(max(float(v) ** 0.5, 1e-6) for v in var))
+    return dataset, channels, norm
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
