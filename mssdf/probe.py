@@ -15,15 +15,16 @@ encoder at random initialisation is the baseline a pre-trained encoder must beat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mssdf.data.io import IGNORE_INDEX
 from mssdf.model import Encoder
 
-IGNORE = 255
+IGNORE = IGNORE_INDEX  # the package-wide ignore label
 
 
 @torch.no_grad()
@@ -146,14 +147,3 @@ def ridge_regression_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, tes
         n_train=int(len(ytr)),
         n_test=int(len(yte)),
     )
-
-
-def flatten_patches(features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """``(B, N, D)``, ``(B, N)`` → ``(B·N, D)``, ``(B·N,)``."""
-    return features.reshape(-1, features.shape[-1]), targets.reshape(-1)
-
-
-def stack_samples(samples: Iterable[Mapping[str, Tensor]], keys: Iterable[str]) -> dict[str, Tensor]:
-    """A list of sample dicts → ``{key: stacked tensor}`` for the given keys."""
-    samples = list(samples)
-    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in keys}
