@@ -53,10 +53,10 @@ from timm.models.beit import Block
 
 from mssdf.config import ConfigError, from_dict
 from mssdf.masking import visible_indices
+from mssdf.modalities import channels
 from mssdf.pos_embed import position_table
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
-DEFAULT_CHANNELS = {"rgb": 3, "ms": 4, "dsm": 1}
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class NormStats:
 class ModelConfig:
     """Architecture of the student/teacher (see :data:`PRESETS`)."""
 
-    modalities: dict[str, int] = field(default_factory=lambda: {"rgb": 3, "dsm": 1})  # key → channels
+    modalities: dict[str, int] = field(default_factory=lambda: channels(("rgb", "dsm")))  # key → channels
     img_size: int = 320
     patch_size: int = 16
     embed_dim: int = 768

@@ -23,9 +23,18 @@ def repo_root(start: str | Path | None = None) -> Path:
 
 
 def resolve(path: str | Path, root: str | Path | None = None) -> Path:
-    """Resolve a repository-relative ``path`` (absolute paths pass through)."""
+    """Resolve a repository-relative ``path`` (absolute paths pass through).
+
+    Outside a repository (a package installed elsewhere, a run folder of its own) a
+    relative path is taken relative to ``root`` if given, else to the working directory.
+    """
     path = Path(path)
-    return path if path.is_absolute() else repo_root(root) / path
+    if path.is_absolute():
+        return path
+    try:
+        return repo_root(root) / path
+    except FileNotFoundError:
+        return (Path(root) if root is not None else Path.cwd()).resolve() / path
 
 
 SCRATCH = "scratch"  # git- and dvc-ignored folder for smoke runs (nbval, tests)

@@ -34,10 +34,10 @@ from mssdf.data.lidar import rasterise, read_las
 from mssdf.data.readers.base import fill_heights
 from mssdf.losses import LossConfig, info_nce, linear_cka, linear_hsic, mssdf_loss
 from mssdf.masking import generate_masks, information_scores, patch_scores, score_weights
-from mssdf.method_report import MethodReportConfig, cross_modal_statistics, densest_window, masking_frequency_by_band
+from mssdf.reports.method import MethodReportConfig, cross_modal_statistics, densest_window, masking_frequency_by_band
 from mssdf.model import MSSDF, PRESETS, NormStats, model_config
 from mssdf.paths import resolve
-from mssdf.plots import mask_overlay, patch_grid, to_display
+from mssdf.reports.plots import mask_overlay, patch_grid, to_display
 
 cfg = from_dict(MethodReportConfig, method, "method")
 out_dir = resolve(cfg.out_dir)

@@ -1,7 +1,7 @@
 """Write notebooks/02_pretrain.ipynb (run: python scripts/make_pretrain_notebook.py).
 
 The notebook holds narrative, papermill ``parameters``, calls into mssdf and plots only;
-everything it computes lives in the package (mssdf.train, mssdf.pretrain_report, mssdf.probe).
+everything it computes lives in the package (mssdf.pretrain, mssdf.reports.pretrain, mssdf.reports.probe).
 """
 
 from pathlib import Path
@@ -12,14 +12,14 @@ md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = [
     md("""# 02 · Pre-training MSSDF on the real sample
 
-Self-supervised pre-training with `mssdf.train` on RGB ↔ height pairs of the Autzen
+Self-supervised pre-training with `mssdf.pretrain` on RGB ↔ height pairs of the Autzen
 airborne-lidar sample (prepared by stage `prepare`), then the quick health check of
 pre-training: **frozen-feature probes** of the encoder on the sample's height and
 segmentation tasks, against the same encoder at random initialisation.
 
 * Run by DVC (stage `pretrain`): papermill injects the `pretrain` section of `params.yaml`
-  (the run: `mssdf.train.PretrainConfig`, with `profile` / `variant` shortcuts) and the
-  `pretrain_report` section (this notebook's options: `mssdf.pretrain_report.PretrainReportConfig`).
+  (the run: `mssdf.pretrain.PretrainConfig`, with `profile` / `variant` shortcuts) and the
+  `pretrain_report` section (this notebook's options: `mssdf.reports.pretrain.PretrainReportConfig`).
 * Run top to bottom as is: a cheap smoke run into `scratch/` (the sample is prepared there
   first if needed).
 * `pretrain_report.nproc > 1` launches the same run with `torchrun` (gloo on CPU, nccl on
@@ -43,11 +43,11 @@ from mssdf.config import from_dict, to_dict
 from mssdf.data.sample import SampleTiles
 from mssdf.masking import information_scores
 from mssdf.paths import resolve
-from mssdf.plots import mask_overlay, patch_grid, pca_rgb, to_display
-from mssdf.pretrain_report import (PretrainReportConfig, ensure_prepared, history_frame, load_encoders,
+from mssdf.reports.plots import mask_overlay, patch_grid, pca_rgb, to_display
+from mssdf.reports.pretrain import (PretrainReportConfig, ensure_prepared, history_frame, load_encoders,
                                    masked_prediction_quality, probe_encoders, run_pretraining)
-from mssdf.train import build_config
-from mssdf.train.masks import step_masks
+from mssdf.pretrain import build_config
+from mssdf.pretrain.masks import step_masks
 
 report = from_dict(PretrainReportConfig, pretrain_report, "pretrain_report")
 run = build_config(pretrain, "pretrain")  # every key checked before anything runs
@@ -81,9 +81,9 @@ speed = hist["images_per_s"].iloc[len(hist) // 5:]
 print(f"throughput: median {speed.median():.1f} images/s per process; memory {hist['memory_mb'].max():.0f} MB (max)")"""),
     md("""## 2. Masks and information scores on real validation tiles
 
-Masks are drawn the way training draws them (`mssdf.train.masks.step_masks`, at the last
+Masks are drawn the way training draws them (`mssdf.pretrain.masks.step_masks`, at the last
 epoch's substitution probability); the score map is what information-aware masking ranks."""),
-    code("""from mssdf.checkpoint import load_pretrained
+    code("""from mssdf.weights.native import load_pretrained
 
 model = load_pretrained(final_dir).eval()
 val = SampleTiles(resolve(run.data.root), run.data.task, "val", modalities=list(run.data.modality_names),

@@ -65,7 +65,7 @@ def subprocess_env() -> dict[str, str]:
 
 
 def train_command(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mssdf.train", "--config", str(config), "--no-live", "--no-progress", *extra]
+    return [sys.executable, "-m", "mssdf.pretrain", "--config", str(config), "--no-live", "--no-progress", *extra]
 
 
 def run_training(config: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:

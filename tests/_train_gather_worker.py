@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from mssdf.losses import colocated_cka, info_nce
-from mssdf.train.distributed import all_gather_cat
+from mssdf.engine.distributed import all_gather_cat
 
 
 def data():

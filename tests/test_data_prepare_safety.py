@@ -101,7 +101,7 @@ def test_before_swap_failure_leaves_previous_output(raw, tmp_path):
 
 
 def test_previews_written_before_swap(raw, tmp_path):
-    from mssdf.data import preview
+    from mssdf.reports import preview
 
     out = tmp_path / "out"
     seen = {}

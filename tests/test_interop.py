@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
 from conftest import batch, micro_config
-from mssdf.checkpoint import export_timm, load_pretrained, save_pretrained
-from mssdf.interop import CheckpointError, load_authors_checkpoint, to_timm, to_timm_state_dict
+from mssdf.weights import export_timm, load_pretrained, save_pretrained
+from mssdf.weights import CheckpointError, load_authors_checkpoint, to_timm, to_timm_state_dict
 from mssdf.model import MSSDF
 
 D, DD, DEPTH, HEADS, PATCH, SIZE = 32, 16, 2, 2, 8, 32

@@ -4,7 +4,7 @@ import torch
 
 from conftest import batch, micro_config
 from mssdf.model import MSSDF
-from mssdf.probe import (
+from mssdf.reports.probe import (
     IGNORE,
     linear_classification_probe,
     patch_features,

@@ -7,9 +7,9 @@ import pytest
 from _train_common import micro_run, run_training, write_yaml
 from mssdf.config import ConfigError
 from mssdf.data.io import DataError
-from mssdf.train.cli import main
-from mssdf.train.config import PROFILES, VARIANTS, build_config, load_config, parse_sets
-from mssdf.train.data import check_data
+from mssdf.pretrain.cli import main
+from mssdf.pretrain.config import PROFILES, VARIANTS, build_config, load_config, parse_sets
+from mssdf.pretrain.data import check_data
 
 
 def test_paper_profile_holds_the_authors_hyperparameters():

@@ -17,13 +17,13 @@ import sys
 import torch
 
 from _train_common import REPO, final_weights, micro_run, subprocess_env, write_yaml
-from mssdf.train import build_config, pretrain
+from mssdf.pretrain import build_config, pretrain
 
 
 def test_two_processes_equal_one_process(tmp_path):
     common = dict(mask_group=2, epochs=3)
     cfg = write_yaml(tmp_path / "ddp.yaml", micro_run(tmp_path / "ddp", batch_size=2, **common))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mssdf.train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mssdf.pretrain",
            "--config", str(cfg), "--no-live", "--no-progress"]
     proc = subprocess.Popen(cmd, env=subprocess_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     before = torch.get_num_threads()

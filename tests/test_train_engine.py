@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from _train_common import final_weights, micro_run
-from mssdf.checkpoint import load_pretrained
-from mssdf.train import build_config, pretrain
-from mssdf.train.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
-from mssdf.train.data import SyntheticPairs
+from mssdf.weights.native import load_pretrained
+from mssdf.pretrain import build_config, pretrain
+from mssdf.engine.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
+from mssdf.pretrain.data import SyntheticPairs
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,9 @@ import torch
 from conftest import batch, micro_config
 from mssdf.masking import MaskingConfig
 from mssdf.model import MSSDF
-from mssdf.train.data import GlobalBatchSampler
-from mssdf.train.masks import step_masks
-from mssdf.train.optim import build_optimizer, build_scheduler, lr_at, momentum_at, param_groups
+from mssdf.engine.sampler import GlobalBatchSampler
+from mssdf.pretrain.masks import step_masks
+from mssdf.engine.optim import build_optimizer, build_scheduler, lr_at, momentum_at, param_groups
 
 
 def test_no_weight_decay_on_norms_biases_and_tokens_and_no_teacher():

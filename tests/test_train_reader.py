@@ -8,7 +8,7 @@ import torch
 from _train_common import micro_run
 from mssdf.config import ConfigError
 from mssdf.data.io import DataError
-from mssdf.train import build_config, pretrain
+from mssdf.pretrain import build_config, pretrain
 from readers_fakes import make_hrpairs
 
 

@@ -9,7 +9,7 @@ import time
 import torch
 
 from _train_common import REPO, final_weights, micro_run, run_training, subprocess_env, train_command, write_yaml
-from mssdf.train.checkpointing import list_checkpoints, load_checkpoint
+from mssdf.engine.checkpointing import list_checkpoints, load_checkpoint
 
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path):

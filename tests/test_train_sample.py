@@ -7,7 +7,7 @@ import torch
 
 from mssdf.data.prepare import PrepareConfig, prepare
 from mssdf.paths import repo_root
-from mssdf.train import build_config, pretrain
+from mssdf.pretrain import build_config, pretrain
 
 RAW = repo_root(__file__) / "data" / "raw"
 

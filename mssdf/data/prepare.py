@@ -425,7 +425,7 @@ def prepare(
         log: progress printer (``None`` for silence).
         before_swap: optional ``f(folder)`` called on the complete temporary folder (all
             files, ``summary.json`` included) before it replaces ``out_dir``, e.g. to write
-            ``previews/`` (:func:`mssdf.data.preview.write_previews`); if it raises,
+            ``previews/`` (:func:`mssdf.reports.preview.write_previews`); if it raises,
             ``out_dir`` is left untouched.
 
     Raises:

@@ -30,12 +30,10 @@ from mssdf.data.io import DataError, read_raster
 from mssdf.data.prepare import TASKS, read_index
 from mssdf.data.readers.base import detection_collate
 from mssdf.data.tiling import SPLITS
+from mssdf.modalities import CHANNELS, DSM_SOURCES, file_key
 
-INPUT_KEYS = ("rgb", "ms", "dsm", "ndsm", "pan", "pan_t2")
-
-
-#: ``dsm_source`` -> the tile file the ``dsm`` modality is read from (and its statistics key).
-DSM_FILES = {"dsm": "dsm", "ndsm": "ndsm"}
+#: Sample keys a tile may hold as inputs: the modalities, and the change task's second date.
+INPUT_KEYS = (*CHANNELS, "pan_t2")
 
 
 class SampleArgumentError(ConfigError, DataError):
@@ -91,8 +89,8 @@ class SampleTiles(Dataset):
             raise SampleArgumentError(f"unknown split {split!r}; choose from {list(SPLITS)}")
         if backend not in ("npy", "tif"):
             raise SampleArgumentError(f"unknown backend {backend!r}; choose 'npy' or 'tif'")
-        if dsm_source not in DSM_FILES:
-            raise SampleArgumentError(f"dsm_source={dsm_source!r}: expected one of {sorted(DSM_FILES)}")
+        if dsm_source not in DSM_SOURCES:
+            raise SampleArgumentError(f"dsm_source={dsm_source!r}: expected one of {sorted(DSM_SOURCES)}")
         if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop <= 0):
             raise SampleArgumentError(f"crop={crop!r}: expected a positive integer or None")
         self.root, self.task, self.split = Path(root), task, split
@@ -139,7 +137,7 @@ class SampleTiles(Dataset):
     def _file_of(self, key: str) -> str:
         """The index ``files`` entry (and statistics key) of a sample key: the one place
         ``dsm_source`` applies (``dsm`` is read from the ``ndsm`` file when asked)."""
-        return DSM_FILES[self.dsm_source] if key == "dsm" else key
+        return file_key(key, self.dsm_source)
 
     def _stem(self, key: str) -> str:
         """The file stem (cache ``.npy`` name) of a sample key, e.g. ``height`` -> ``ndsm``."""
@@ -228,4 +226,4 @@ class SampleTiles(Dataset):
         return f"SampleTiles(task={self.task!r}, split={self.split!r}, n={len(self)}, modalities={self.modalities}, backend={self.backend!r})"
 
 
-__all__ = ["SampleTiles", "SampleArgumentError", "load_stats", "INPUT_KEYS", "DSM_FILES"]
+__all__ = ["SampleTiles", "SampleArgumentError", "load_stats", "INPUT_KEYS"]

@@ -1,4 +1,4 @@
-"""Resumable training checkpoints and final weights.
+"""Resumable training checkpoints (any task: pre-training, fine-tuning).
 
 A checkpoint ``<out_dir>/checkpoints/step_<global step, 8 digits>.pt`` is written
 atomically (temporary file in the same folder, then ``os.replace``: a killed run leaves
@@ -14,8 +14,8 @@ tensors and plain types and is read back with ``torch.load(weights_only=True)``:
   (seed, step), so this position is all the sampler/mask state there is;
 * ``config`` (the plain run config), ``history`` (logged records), ``world_size``.
 
-Final weights go to ``<out_dir>/final`` through :func:`mssdf.checkpoint.save_pretrained`
-and :func:`mssdf.checkpoint.export_timm`.
+(A task's final weights are its own business: pre-training writes them with
+:func:`mssdf.pretrain.engine.save_final`.)
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ import numpy as np
 import torch
 
 from mssdf.atomic import atomic_write
-from mssdf.checkpoint import export_timm, save_pretrained
-from mssdf.model import MSSDF
 
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
@@ -110,16 +108,7 @@ def remove_partial(out_dir: str | Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def save_final(model: MSSDF, out_dir: str | Path, timm: bool = True) -> Path:
-    """Write ``<out_dir>/final``: ``model.safetensors`` + ``config.json`` (+ timm exports)."""
-    folder = Path(out_dir) / "final"
-    save_pretrained(model, folder)
-    if timm:
-        export_timm(model, folder)
-    return folder
-
-
 __all__ = [
     "CHECKPOINTS", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "capture_rng", "restore_rng",
-    "save_checkpoint", "load_checkpoint", "prune_checkpoints", "remove_partial", "save_final",
+    "save_checkpoint", "load_checkpoint", "prune_checkpoints", "remove_partial",
 ]

@@ -1,4 +1,4 @@
-"""Interoperability: the authors' checkpoint layout in, timm ``VisionTransformer`` out.
+"""The authors' checkpoint layout (``vit_base_500.pth``) → our :class:`~mssdf.model.MSSDF`.
 
 Authors' layout (method.md §2, "Checkpoint layout"): ``{"model": state_dict}`` with
 ``encoder.*``, ``ema_teacher.*``, ``encoder_to_decoder``, ``fusion_token``,
@@ -17,11 +17,6 @@ Mapping onto our model:
   on all three channels: ``W' = Σ_c W_c / (255·s_c)``, ``b' = b − Σ_c m_c/s_c · ΣW_c``.
   Our ``dsm`` input for such a model is therefore the authors' 8-bit grey DSM (how they
   scaled heights to 8 bits is not published; map heights yourself, e.g. min-max per tile).
-
-Export: any modality's encoder → a timm ``VisionTransformer`` state dict (``strict=True``)
-with the normalisation folded into the patch embedding (so the timm model takes the
-same raw values as ours), q/v biases as ``qkv.bias = cat(q, 0, v)``, the position
-table in ``pos_embed[:, 1:]`` and zeros in the cls slot.
 """
 
 from __future__ import annotations
@@ -33,11 +28,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-import mssdf  # noqa: F401  (timm import shim)
-from timm.models.vision_transformer import VisionTransformer
-
-from mssdf.model import MSSDF, Encoder, ModelConfig, NormStats
-from mssdf.pos_embed import position_table
+from mssdf.modalities import channels
+from mssdf.model import MSSDF, ModelConfig, NormStats
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,7 +86,7 @@ def authors_config(
     dd = state["encoder_to_decoder.weight"].shape[0]
     mlp = state["encoder.blocks.0.mlp.fc1.weight"].shape[0] / d
     return ModelConfig(
-        modalities={"rgb": 3, "dsm": 1},
+        modalities=channels(("rgb", "dsm")),  # their two inputs: colour and grey DSM
         img_size=img_size,
         patch_size=patch,
         embed_dim=d,
@@ -202,75 +194,3 @@ def _is_consumed(key: str) -> bool:
 def _is_buffer_default(key: str) -> bool:
     """Our normalisation buffers are set from the config, not from their checkpoint."""
     return ".patch_embed.mean_" in key or ".patch_embed.std_" in key
-
-
-# ---------------------------------------------------------------------------------------
-# our encoder → timm VisionTransformer
-
-
-def timm_kwargs(encoder: Encoder, modality: str, img_size: int | None = None) -> dict[str, Any]:
-    """Constructor arguments of the equivalent ``timm.models.vision_transformer.VisionTransformer``."""
-    cfg = encoder.cfg
-    return dict(
-        img_size=img_size or cfg.img_size,
-        patch_size=cfg.patch_size,
-        in_chans=cfg.modalities[modality],
-        embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        qkv_bias=True,
-        class_token=True,
-        global_pool="token",
-        num_classes=0,
-    )  # timm's default norm layer is LayerNorm(eps=1e-6), as ours
-
-
-@torch.no_grad()
-def to_timm_state_dict(
-    encoder: Encoder, modality: str, img_size: int | None = None, fold_normalization: bool = True
-) -> dict[str, Tensor]:
-    """State dict for :func:`timm_kwargs`' ``VisionTransformer`` (loads with ``strict=True``).
-
-    With ``fold_normalization`` the per-band normalisation is folded into the patch
-    embedding, so the timm model takes the same raw values as our encoder; otherwise
-    feed it ``(x − mean) / std``.
-    """
-    cfg = encoder.cfg
-    if modality not in cfg.modalities:
-        raise KeyError(f"modality {modality!r} is not one of the encoder's {list(cfg.modalities)}")
-    size = img_size or cfg.img_size
-    grid = size // cfg.patch_size
-    pe = encoder.patch_embed
-    w = pe.proj[modality].proj.weight.detach().clone()
-    b = pe.proj[modality].proj.bias.detach().clone()
-    if fold_normalization:
-        mean, std = getattr(pe, f"mean_{modality}"), getattr(pe, f"std_{modality}")  # (1, C, 1, 1)
-        b = b - (w * mean / std).sum(dim=(1, 2, 3))
-        w = w / std
-    table = position_table(cfg.pos_embed, grid, grid, cfg.embed_dim)
-    out = {
-        "cls_token": encoder.cls_token.detach().clone(),
-        "pos_embed": torch.cat([torch.zeros(1, cfg.embed_dim), table], 0).unsqueeze(0),
-        "patch_embed.proj.weight": w,
-        "patch_embed.proj.bias": b,
-        "norm.weight": encoder.norm.weight.detach().clone(),
-        "norm.bias": encoder.norm.bias.detach().clone(),
-    }
-    for i, blk in enumerate(encoder.blocks):
-        p = f"blocks.{i}."
-        a = blk.attn
-        out[p + "attn.qkv.weight"] = a.qkv.weight.detach().clone()
-        out[p + "attn.qkv.bias"] = torch.cat([a.q_bias, torch.zeros_like(a.q_bias), a.v_bias]).detach().clone()
-        for name in ("norm1", "norm2", "attn.proj", "mlp.fc1", "mlp.fc2"):
-            mod = blk.get_submodule(name)
-            out[p + name + ".weight"] = mod.weight.detach().clone()
-            out[p + name + ".bias"] = mod.bias.detach().clone()
-    return out
-
-
-def to_timm(encoder: Encoder, modality: str, img_size: int | None = None) -> VisionTransformer:
-    """A timm ``VisionTransformer`` with our encoder's weights for ``modality`` (raw-value input)."""
-    vit = VisionTransformer(**timm_kwargs(encoder, modality, img_size))
-    vit.load_state_dict(to_timm_state_dict(encoder, modality, img_size), strict=True)
-    return vit.eval()

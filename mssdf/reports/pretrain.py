@@ -19,12 +19,12 @@ from typing import Any, Mapping
 import torch
 import yaml
 
-from mssdf.checkpoint import load_pretrained
+from mssdf.weights.native import load_pretrained
 from mssdf.data.prepare import PrepareConfig, prepare
 from mssdf.data.sample import SampleTiles
 from mssdf.model import MSSDF, Encoder
 from mssdf.paths import repo_root, resolve
-from mssdf.probe import (
+from mssdf.reports.probe import (
     linear_classification_probe,
     patch_features,
     patch_labels,
@@ -66,14 +66,14 @@ def ensure_prepared(root: str | Path, sources: str, raw_dir: str = "data/raw") -
 def run_pretraining(run: Mapping[str, Any], nproc: int = 1) -> tuple[list[dict], Path]:
     """Run pre-training from a ``pretrain`` params mapping.
 
-    One process: :func:`mssdf.train.pretrain` in this interpreter. Several: the same
+    One process: :func:`mssdf.pretrain.pretrain` in this interpreter. Several: the same
     config is written to ``<out_dir>/run_config.yaml`` and ``torchrun --standalone
-    --nproc_per_node=nproc -m mssdf.train`` runs it (gloo on CPU, nccl on GPUs).
+    --nproc_per_node=nproc -m mssdf.pretrain`` runs it (gloo on CPU, nccl on GPUs).
 
     Returns:
         the logged history (one record per logged step) and the ``final/`` folder.
     """
-    from mssdf.train import build_config, pretrain
+    from mssdf.pretrain import build_config, pretrain
 
     cfg = build_config(dict(run), "pretrain")  # validates everything before starting
     if nproc == 1:
@@ -84,7 +84,7 @@ def run_pretraining(run: Mapping[str, Any], nproc: int = 1) -> tuple[list[dict],
     config_path = out_dir / "run_config.yaml"
     config_path.write_text(yaml.safe_dump({"pretrain": dict(run)}, sort_keys=False))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "mssdf.train", "--config", str(config_path), "--section", "pretrain", "--no-progress"]  # fmt: skip
+           "-m", "mssdf.pretrain", "--config", str(config_path), "--section", "pretrain", "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(cmd, cwd=repo_root(), env=env, capture_output=True, text=True)
     if proc.returncode != 0:

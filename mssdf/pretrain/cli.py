@@ -1,4 +1,4 @@
-"""Command line: ``python -m mssdf.train --config FILE [--section NAME] [--set key=value ...]``.
+"""Command line: ``python -m mssdf.pretrain --config FILE [--section NAME] [--set key=value ...]``.
 
 The whole configuration and the data folder are validated before training starts (and
 before a ``torchrun`` process group is joined); a bad parameter or a missing file exits
@@ -6,9 +6,9 @@ with status 2 and one ``error:`` line naming the key or path.
 
 Examples::
 
-    python -m mssdf.train --config params.yaml --section pretrain
-    python -m mssdf.train --set profile=smoke --set data.kind=synthetic --set out_dir=scratch/pt
-    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 -m mssdf.train --config run.yaml
+    python -m mssdf.pretrain --config params.yaml --section pretrain
+    python -m mssdf.pretrain --set profile=smoke --set data.kind=synthetic --set out_dir=scratch/pt
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 -m mssdf.pretrain --config run.yaml
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mssdf.data.io import DataError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m mssdf.train", description="MSSDF pre-training")
+    ap = argparse.ArgumentParser(prog="python -m mssdf.pretrain", description="MSSDF pre-training")
     ap.add_argument("--config", "--params", dest="config", help="YAML file (a run config, or params.yaml with --section)")
     ap.add_argument("--section", help="section of the YAML file holding the run config (e.g. pretrain)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mssdf.train.config import load_config
-    from mssdf.train.data import check_data
+    from mssdf.pretrain.config import load_config
+    from mssdf.pretrain.data import check_data
 
     try:
         cfg = load_config(args.config, args.section, args.sets)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print("config and data OK")
         return 0
-    from mssdf.train.engine import pretrain
+    from mssdf.pretrain.engine import pretrain
 
     pretrain(cfg, live=not args.no_live, live_dir=args.live_dir, progress=not args.no_progress)
     return 0

@@ -134,12 +134,6 @@ def max_across_ranks(value: float, env: DistEnv) -> float:
     return float(t.item())
 
 
-__all__ = [
-    "DistEnv", "pick_device", "init_distributed", "cleanup", "seed_everything", "unwrap", "wrap_ddp", "barrier",
-    "all_gather_objects", "mean_across_ranks", "max_across_ranks",
-]
-
-
 class _GatherCat(torch.autograd.Function):
     """All-gather along dim 0 whose backward sums every rank's gradient (all-reduce).
 
@@ -180,3 +174,9 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
 def loss_gather(env: DistEnv):
     """``(gather, rank)`` for :func:`mssdf.losses.mssdf_loss`: None on a single process."""
     return (all_gather_cat, env.rank) if env.distributed and env.world_size > 1 else (None, 0)
+
+
+__all__ = [
+    "DistEnv", "pick_device", "init_distributed", "cleanup", "seed_everything", "unwrap", "wrap_ddp", "barrier",
+    "all_gather_objects", "mean_across_ranks", "max_across_ranks", "all_gather_cat", "loss_gather",
+]

@@ -31,10 +31,9 @@ import yaml
 from mssdf.config import ConfigError, from_dict, to_dict
 from mssdf.losses import LossConfig
 from mssdf.masking import MaskingConfig
-from mssdf.model import DEFAULT_CHANNELS, ModelConfig, model_config
-
-#: Channel counts of modalities that may appear in the data (synthetic data uses these).
-CHANNELS: dict[str, int] = {**DEFAULT_CHANNELS, "pan": 1, "ndsm": 1}
+from mssdf.modalities import CHANNELS, DsmSource
+from mssdf.modalities import channels as channels_of
+from mssdf.model import ModelConfig, model_config
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class DataConfig:
     modalities: tuple[str, ...] = ()  # empty: the task's inputs (synthetic: rgb, dsm)
     crop: int | None = None  # random crop side; None: model.img_size
     backend: Literal["npy", "tif"] = "npy"
-    dsm_source: Literal["dsm", "ndsm"] = "dsm"
+    dsm_source: DsmSource = "dsm"
     synthetic_samples: int = 64
     reader: str = ""  # kind reader: registry name (mssdf.data.readers.get_dataset)
     reader_args: dict[str, Any] = field(default_factory=dict)
@@ -203,7 +202,7 @@ class PretrainConfig:
         """The :class:`ModelConfig` of this run.
 
         Args:
-            channels: ``{modality: bands}`` of the data (default: :data:`CHANNELS` of
+            channels: ``{modality: bands}`` of the data (default: :data:`mssdf.modalities.CHANNELS` of
                 ``data.modalities``); ignored where ``model.modalities`` is given.
             normalization: ``{modality: NormStats}`` from the data's statistics; ignored
                 where ``model.normalization`` is given.
@@ -214,7 +213,7 @@ class PretrainConfig:
             raise ConfigError(f"model.preset: expected a string, got {preset!r}")
         if "modalities" not in spec:
             names = self.data.modality_names
-            chans = dict(channels) if channels is not None else {m: CHANNELS[m] for m in names}
+            chans = dict(channels) if channels is not None else channels_of(names)
             spec["modalities"] = {m: chans[m] for m in names}
             if isinstance(spec.get("normalization"), Mapping):  # statistics of unused modalities are dropped
                 spec["normalization"] = {m: s for m, s in spec["normalization"].items() if m in names}
@@ -407,6 +406,6 @@ def load_config(path: str | Path | None = None, section: str | None = None, sets
 
 
 __all__ = [
-    "CHANNELS", "DataConfig", "OptimConfig", "EmaConfig", "PretrainConfig", "PROFILES", "VARIANTS",
+    "DataConfig", "OptimConfig", "EmaConfig", "PretrainConfig", "PROFILES", "VARIANTS",
     "build_config", "load_config", "parse_sets", "deep_merge",
 ]

@@ -1,8 +1,8 @@
 """Our own pretrained weights: ``model.safetensors`` + ``config.json`` in a folder.
 
 Loading never unpickles code: safetensors holds only tensors, the JSON only the
-:class:`~mssdf.model.ModelConfig`. ``export_timm`` adds a timm ``VisionTransformer``
-state dict per modality (``timm_<modality>.safetensors`` + ``timm_<modality>.json``).
+:class:`~mssdf.model.ModelConfig`. (:func:`mssdf.weights.timm_export.export_timm` adds a
+timm ``VisionTransformer`` state dict per modality beside them.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from safetensors.torch import load_file, save_file
 
 from mssdf.atomic import atomic_write, atomic_write_text
 from mssdf.config import from_dict, to_dict
-from mssdf.interop import timm_kwargs, to_timm_state_dict
 from mssdf.model import MSSDF, ModelConfig
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -51,21 +50,3 @@ def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
     model = MSSDF(cfg)
     model.load_state_dict(load_file(path, device=str(map_location)), strict=True)
     return model
-
-
-def export_timm(model: MSSDF, folder: str | Path, modalities: list[str] | None = None) -> list[Path]:
-    """Write the encoder as timm ``VisionTransformer`` weights for each modality.
-
-    Load with ``VisionTransformer(**json.load(open("timm_rgb.json")))`` then
-    ``load_state_dict(safetensors.torch.load_file("timm_rgb.safetensors"), strict=True)``;
-    the model takes raw values (normalisation folded into the patch embedding).
-    """
-    folder = Path(folder)
-    written = []
-    for m in modalities or list(model.cfg.modalities):
-        sd = {k: v.contiguous() for k, v in to_timm_state_dict(model.encoder, m).items()}
-        target = folder / f"timm_{m}.safetensors"
-        atomic_write(target, lambda tmp, sd=sd: save_file(sd, tmp, metadata={"format": "timm"}))
-        atomic_write_text(folder / f"timm_{m}.json", json.dumps(timm_kwargs(model.encoder, m), indent=2) + "\n")
-        written.append(target)
-    return written

@@ -1,6 +1,7 @@
-"""Pre-training data: datasets, the deterministic global-batch sampler, collation.
+"""Pre-training data: datasets keyed by ``(epoch, index)``, the data check, collation.
 
-Determinism contract (what exact resume and world-size invariance rest on):
+Determinism contract (what exact resume and world-size invariance rest on; the sampler
+is :class:`mssdf.engine.sampler.GlobalBatchSampler`):
 
 * the order of an epoch is ``randperm(n)`` from a generator seeded with
   ``(seed, epoch)``; global batch ``k`` is positions ``[k·G, (k+1)·G)`` of it
@@ -26,55 +27,15 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from mssdf.data.io import DataError
+from mssdf.engine.sampler import GlobalBatchSampler, Key
 from mssdf.model import NormStats
 from mssdf.paths import resolve
-from mssdf.train.config import CHANNELS, PretrainConfig
-
-Key = tuple[int, int]  # (epoch, index)
-
-
-class GlobalBatchSampler(Sampler[list[Key]]):
-    """This rank's slice of deterministic global batches (see the module docstring).
-
-    Args:
-        num_samples: dataset length ``n``.
-        batch_size: per-process batch ``b``.
-        rank, world_size: this process and the number of processes.
-        seed: seed of the per-epoch permutation.
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
-        self.n, self.b, self.rank, self.world, self.seed = num_samples, batch_size, rank, world_size, seed
-        self.global_batch = batch_size * world_size
-        if num_samples < self.global_batch:
-            raise DataError(f"the dataset has {num_samples} samples, fewer than one global batch ({self.global_batch})")
-        self.epoch, self.start = 0, 0
-
-    def set_position(self, epoch: int, start_batch: int = 0) -> None:
-        """Iterate epoch ``epoch`` from its batch ``start_batch`` (earlier batches are skipped unread)."""
-        self.epoch, self.start = epoch, start_batch
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        """``(n,)`` sample order of ``epoch`` (a function of ``(seed, epoch)`` only)."""
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0]))
-        return torch.randperm(self.n, generator=g)
-
-    def __len__(self) -> int:
-        return self.n // self.global_batch - self.start
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.n // self.global_batch
-
-    def __iter__(self) -> Iterator[list[Key]]:
-        perm = self.permutation(self.epoch)
-        for k in range(self.start, self.batches_per_epoch):
-            lo = k * self.global_batch + self.rank * self.b
-            yield [(self.epoch, int(i)) for i in perm[lo : lo + self.b]]
-
+from mssdf.modalities import channels as default_channels
+from mssdf.modalities import file_key
+from mssdf.pretrain.config import PretrainConfig
 
 class KeyedDataset(Dataset):
     """Adapter: ``(epoch, index)`` keys → ``{modality: (C, H, W)}`` float32 tensors.
@@ -145,17 +106,11 @@ def check_data(cfg: PretrainConfig, root: str | Path | None = None) -> Path | No
     if cfg.data.kind == "synthetic":
         return None
     if cfg.data.kind == "reader":  # the reader checks its own layout when it is built
-        try:
-            folder = resolve(cfg.data.root, root)
-        except FileNotFoundError:
-            folder = Path(cfg.data.root).resolve()
+        folder = resolve(cfg.data.root, root)
         if not folder.is_dir():
             raise DataError(f"data.root: {folder}: no such folder (the {cfg.data.reader!r} dataset)")
         return folder
-    try:
-        folder = resolve(cfg.data.root, root)
-    except FileNotFoundError:
-        folder = Path(cfg.data.root).resolve()
+    folder = resolve(cfg.data.root, root)
     if not folder.is_dir():
         raise DataError(f"data.root: {folder}: no such folder (run the preparation first)")
     for name in ("index.csv", "stats.json"):
@@ -172,7 +127,8 @@ def check_data(cfg: PretrainConfig, root: str | Path | None = None) -> Path | No
         if not (cache / "tiles.json").is_file():
             raise DataError(f"data.backend: {cache / 'tiles.json'}: missing tile cache (prepare with build_cache) or use backend 'tif'")
         for m in cfg.data.modality_names:
-            stem = "ndsm" if m == "dsm" and cfg.data.dsm_source == "ndsm" else Path(rows[0]["files"].get(m, m)).stem
+            key = file_key(m, cfg.data.dsm_source)
+            stem = Path(rows[0]["files"].get(key, key)).stem
             if not (cache / f"{stem}.npy").is_file():
                 raise DataError(f"data.modalities: {cache / (stem + '.npy')}: missing cache file for {m!r}")
     if cfg.crop > rows[0]["size"]:
@@ -184,7 +140,7 @@ def build_dataset(cfg: PretrainConfig, root: str | Path | None = None) -> tuple[
     """The run's dataset with the channel counts and normalisation statistics of its modalities."""
     names = cfg.data.modality_names
     if cfg.data.kind == "synthetic":
-        channels = {m: CHANNELS[m] for m in names}
+        channels = default_channels(names)
         return SyntheticPairs(cfg.data.synthetic_samples, cfg.crop, channels, cfg.seed), channels, {}
     if cfg.data.kind == "reader":
         return _reader_dataset(cfg, root)
@@ -198,7 +154,7 @@ def build_dataset(cfg: PretrainConfig, root: str | Path | None = None) -> tuple[
     stats = load_stats(folder, cfg.data.task)
     channels, norm = {}, {}
     for m in names:
-        key = "ndsm" if m == "dsm" and cfg.data.dsm_source == "ndsm" else m
+        key = file_key(m, cfg.data.dsm_source)
         if key not in stats:
             raise DataError(f"{folder / 'stats.json'}: no statistics for {key!r} of task {cfg.data.task!r}")
         mean, std = stats[key]["mean"], stats[key]["std"]
@@ -236,4 +192,4 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {m: torch.stack([s[m] for s in samples]) for m in samples[0]}
 
 
-__all__ = ["GlobalBatchSampler", "KeyedDataset", "SyntheticPairs", "check_data", "build_dataset", "collate"]
+__all__ = ["KeyedDataset", "SyntheticPairs", "check_data", "build_dataset", "collate"]
