@@ -7,18 +7,38 @@ import torch
 from torch import Tensor
 
 
+def stretch(image: Tensor | np.ndarray, lo: float = 2.0, hi: float = 98.0, per_band: bool = True) -> np.ndarray:
+    """``(C, H, W)`` raw values → ``(H, W, C)`` in [0, 1] by a ``lo``–``hi`` percentile stretch.
+
+    ``per_band`` stretches each band by its own percentiles (previews of single sources);
+    otherwise one stretch over all bands keeps their colour balance. NaN → 0.
+    """
+    x = np.asarray(torch.as_tensor(image).float())
+    bands = [x[b] for b in range(x.shape[0])] if per_band else [x]
+    out = []
+    for band in bands:
+        finite = band[np.isfinite(band)]
+        p0, p1 = np.percentile(finite, [lo, hi]) if finite.size else (0.0, 1.0)
+        out.append(np.clip((band - p0) / max(p1 - p0, 1e-6), 0, 1))
+    stacked = np.concatenate([o.reshape(-1, *x.shape[1:]) for o in out])
+    return np.nan_to_num(np.moveaxis(stacked, 0, -1)).astype(np.float32)
+
+
 def to_display(image: Tensor | np.ndarray, modality: str) -> np.ndarray:
-    """``(C, H, W)`` raw values → ``(H, W, 3)`` or ``(H, W)`` array scaled to [0, 1] (2–98% stretch)."""
+    """``(C, H, W)`` raw values → ``(H, W, 3)`` or ``(H, W)`` in [0, 1] (joint 2–98% :func:`stretch`).
+
+    RGB as is; four or more bands as false colour NIR-R-G (bands 4, 3, 2 of B, G, R, NIR);
+    anything else shows its first band.
+    """
     x = torch.as_tensor(image).float()
-    if modality in ("rgb",) and x.shape[0] == 3:
-        x = x.permute(1, 2, 0)
-    elif x.shape[0] >= 4:  # multispectral: false colour NIR-R-G (bands 4, 3, 2 of B, G, R, NIR)
-        x = x[[3, 2, 1]].permute(1, 2, 0)
+    if modality == "rgb" and x.shape[0] == 3:
+        shown = x
+    elif x.shape[0] >= 4:
+        shown = x[[3, 2, 1]]
     else:
-        x = x[0]
-    finite = x[torch.isfinite(x)]
-    lo, hi = (torch.quantile(finite, torch.tensor([0.02, 0.98])) if finite.numel() else torch.tensor([0.0, 1.0])).tolist()
-    return ((x - lo) / max(hi - lo, 1e-6)).clamp(0, 1).nan_to_num(0.0).numpy()
+        shown = x[:1]
+    out = stretch(shown, per_band=False)
+    return out[..., 0] if out.shape[-1] == 1 else out
 
 
 def patch_grid(values: Tensor, grid: tuple[int, int]) -> np.ndarray:

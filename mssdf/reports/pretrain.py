@@ -24,6 +24,7 @@ from mssdf.data.prepare import PrepareConfig, prepare
 from mssdf.data.sample import SampleTiles
 from mssdf.model import MSSDF, Encoder
 from mssdf.paths import repo_root, resolve
+from mssdf.pretrain.config import PretrainConfig
 from mssdf.reports.probe import (
     linear_classification_probe,
     patch_features,
@@ -63,26 +64,25 @@ def ensure_prepared(root: str | Path, sources: str, raw_dir: str = "data/raw") -
     return path
 
 
-def run_pretraining(run: Mapping[str, Any], nproc: int = 1) -> tuple[list[dict], Path]:
-    """Run pre-training from a ``pretrain`` params mapping.
+def run_pretraining(cfg: PretrainConfig, nproc: int = 1) -> tuple[list[dict], Path]:
+    """Run pre-training as configured.
 
-    One process: :func:`mssdf.pretrain.pretrain` in this interpreter. Several: the same
-    config is written to ``<out_dir>/run_config.yaml`` and ``torchrun --standalone
-    --nproc_per_node=nproc -m mssdf.pretrain`` runs it (gloo on CPU, nccl on GPUs).
+    One process: :func:`mssdf.pretrain.pretrain` in this interpreter. Several: the
+    resolved config is written to ``<out_dir>/run_config.yaml`` and ``torchrun
+    --standalone --nproc_per_node=nproc -m mssdf.pretrain`` runs it (gloo on CPU, nccl on GPUs).
 
     Returns:
         the logged history (one record per logged step) and the ``final/`` folder.
     """
-    from mssdf.pretrain import build_config, pretrain
+    from mssdf.pretrain import pretrain
 
-    cfg = build_config(dict(run), "pretrain")  # validates everything before starting
     if nproc == 1:
         result = pretrain(cfg, live=True, progress=False, log=None)
         return result.history, result.final_dir
     out_dir = resolve(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "run_config.yaml"
-    config_path.write_text(yaml.safe_dump({"pretrain": dict(run)}, sort_keys=False))
+    config_path.write_text(yaml.safe_dump({"pretrain": cfg.to_dict()}, sort_keys=False))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "mssdf.pretrain", "--config", str(config_path), "--section", "pretrain", "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -93,12 +93,17 @@ def run_pretraining(run: Mapping[str, Any], nproc: int = 1) -> tuple[list[dict],
     return history, out_dir / "final"
 
 
+#: Display names of the encoders :func:`load_encoders` returns (keys are the metric keys).
+ENCODER_LABELS = {"pretrained": "pre-trained", "random_init": "random init"}
+
+
 def load_encoders(final_dir: str | Path, seed: int = 0) -> dict[str, Encoder]:
-    """The pre-trained encoder and the same architecture at random initialisation."""
+    """``{"pretrained": ..., "random_init": ...}``: the pre-trained encoder and the same
+    architecture at random initialisation."""
     trained = load_pretrained(final_dir).eval()
     torch.manual_seed(seed)
     random = MSSDF(trained.cfg).eval()
-    return {"pre-trained": trained.encoder, "random init": random.encoder}
+    return {"pretrained": trained.encoder, "random_init": random.encoder}
 
 
 def _tiles(root: Path, task: str, split: str, modality: str, target: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -115,23 +120,25 @@ def probe_encoders(encoders: Mapping[str, Encoder], root: str | Path, cfg: Pretr
     """Frozen-feature probes of every encoder on the sample's height and segmentation tasks.
 
     Returns:
-        one row per (encoder, task) with the probe's scores and sample counts (a NaN
-        score and a ``note`` where a split has no tiles).
+        one row per (encoder, task): stable keys ``encoder`` (the key of ``encoders``),
+        ``task``, ``metric`` (``rmse_m``: lower is better; ``miou``: higher is better) and
+        ``score``, with the probe's other figures and sample counts (a NaN score and a
+        ``note`` where a split has no tiles).
     """
     from mssdf.data.prepare import TASKS
 
     root = resolve(root)
     m = cfg.probe_modality
     rows: list[dict[str, Any]] = []
-    height_name = f"{cfg.height_task} (RMSE m, lower is better)"
-    seg_name = f"{cfg.seg_task} (patch mIoU, higher is better)"
+    height_key = {"task": cfg.height_task, "metric": "rmse_m"}
+    seg_key = {"task": cfg.seg_task, "metric": "miou"}
     height = _splits(root, cfg.height_task, ("train", cfg.height_eval_split), m, "height")
     seg = _splits(root, cfg.seg_task, ("train", cfg.seg_eval_split), m, "label")
     n_classes = len(TASKS[cfg.seg_task].classes)
     for name, enc in encoders.items():
         p = enc.cfg.patch_size
         if isinstance(height, str):
-            rows.append({"encoder": name, "task": height_name, "score": float("nan"), "note": height})
+            rows.append({"encoder": name, **height_key, "score": float("nan"), "note": height})
         else:
             feats = {s: patch_features(enc, {m: x}) for s, (x, _) in height.items()}
             targets = {s: patch_means(y.squeeze(1) if y.dim() == 4 else y, p) for s, (_, y) in height.items()}
@@ -139,10 +146,10 @@ def probe_encoders(encoders: Mapping[str, Encoder], root: str | Path, cfg: Pretr
                 feats["train"].flatten(0, 1), targets["train"].flatten(),
                 feats[cfg.height_eval_split].flatten(0, 1), targets[cfg.height_eval_split].flatten(), cfg.ridge_l2,
             )  # fmt: skip
-            rows.append({"encoder": name, "task": height_name, "score": r.rmse, "baseline (train mean)": r.rmse_mean_baseline,
+            rows.append({"encoder": name, **height_key, "score": r.rmse, "baseline (train mean)": r.rmse_mean_baseline,
                          "n_train": r.n_train, "n_eval": r.n_test})  # fmt: skip
         if isinstance(seg, str):
-            rows.append({"encoder": name, "task": seg_name, "score": float("nan"), "note": seg})
+            rows.append({"encoder": name, **seg_key, "score": float("nan"), "note": seg})
         else:
             feats = {s: patch_features(enc, {m: x}) for s, (x, _) in seg.items()}
             labels = {s: patch_labels(y.long(), p, n_classes) for s, (_, y) in seg.items()}
@@ -150,7 +157,7 @@ def probe_encoders(encoders: Mapping[str, Encoder], root: str | Path, cfg: Pretr
                 feats["train"].flatten(0, 1), labels["train"].flatten(),
                 feats[cfg.seg_eval_split].flatten(0, 1), labels[cfg.seg_eval_split].flatten(), n_classes, cfg.probe_l2,
             )  # fmt: skip
-            rows.append({"encoder": name, "task": seg_name, "score": c.mean_iou, "accuracy": c.accuracy,
+            rows.append({"encoder": name, **seg_key, "score": c.mean_iou, "accuracy": c.accuracy,
                          "n_train": c.n_train, "n_eval": c.n_test})  # fmt: skip
     return rows
 
@@ -176,6 +183,25 @@ def masked_prediction_quality(model: MSSDF, images: Mapping[str, torch.Tensor], 
         cos = torch.nn.functional.cosine_similarity(out.pred[k].float(), out.target[k].float(), dim=-1)  # (B, N)
         result[k] = float(cos[out.masks[k]].mean())
     return result
+
+
+def report_metrics(probe_rows: list[dict[str, Any]], quality: Mapping[str, float], history: list[dict]) -> dict[str, Any]:
+    """The stage's metrics file (stable keys; the figures stage reads them).
+
+    ``probe/<task>_<metric>/<encoder>`` from :func:`probe_encoders`' rows,
+    ``masked_cosine/<modality>``, ``final_loss`` (mean of the last ten logged losses) and
+    ``steps``.
+    """
+    probe: dict[str, dict[str, float]] = {}
+    for r in probe_rows:
+        probe.setdefault(f"{r['task']}_{r['metric']}", {})[r["encoder"]] = round(float(r["score"]), 6)
+    losses = [float(h["loss"]) for h in history[-10:]]
+    return {
+        "probe": probe,
+        "masked_cosine": {k: round(float(v), 6) for k, v in quality.items()},
+        "final_loss": round(sum(losses) / max(len(losses), 1), 6),
+        "steps": int(history[-1]["step"]) if history else 0,
+    }
 
 
 def history_frame(history: list[dict]) -> "Any":

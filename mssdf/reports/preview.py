@@ -16,19 +16,9 @@ import numpy as np
 from mssdf.data.io import IGNORE_INDEX, read_raster
 from mssdf.data.prepare import TASKS, read_index
 from mssdf.data.tiling import SPLITS
+from mssdf.reports.plots import stretch
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
-
-
-def stretch(arr: np.ndarray, lo: float = 2, hi: float = 98) -> np.ndarray:
-    """(C, H, W) -> (H, W, C) in [0, 1], per-band percentile stretch (NaN -> 0)."""
-    out = np.zeros(arr.shape, np.float32)
-    for b in range(arr.shape[0]):
-        band = arr[b]
-        if np.isfinite(band).any():
-            p0, p1 = np.nanpercentile(band, [lo, hi])
-            out[b] = np.clip((band - p0) / max(p1 - p0, 1e-6), 0, 1)
-    return np.nan_to_num(np.moveaxis(out, 0, -1))
 
 
 def hillshade(dem: np.ndarray, res: float, azimuth: float = 315.0, altitude: float = 45.0) -> np.ndarray:
