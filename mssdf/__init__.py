@@ -1,13 +1,19 @@
 """mssdf: Modality-Shared Self-supervised Distillation for multi-modal remote sensing.
 
-Modules (one job each):
-    config      typed config objects built from params.yaml sections (unknown keys fail)
-    masking     random, information-aware and cross-modal masking
-    pos_embed   fixed sine-cosine position tables
-    model       per-modality patch embeddings, shared ViT encoder, decoders, EMA teacher
-    losses      feature/pixel reconstruction, InfoNCE, HSIC, modality CE, the combiner
-    interop     authors' checkpoint layout in, timm VisionTransformer out
-    checkpoint  our own weights: safetensors + JSON config
+Layout (one job per module; the arrows are the only import directions):
+
+    the method      masking, pos_embed, model, losses, reference (per-patch NumPy reference)
+    weights/        native (our safetensors), authors (their .pth layout), timm_export
+    data/           fetch, prepare the sample (sources, tasks, index), readers of the paper datasets
+    engine/         training infrastructure: DDP, sampler, optimiser, checkpoints, tracking, loop
+    pretrain/       MSSDF pre-training on the engine (config, data, masks, step; CLI)
+    downstream/     heads, fine-tuning and metrics of the downstream tasks (on the engine)
+    reports/        what the notebooks show: plots, previews, probes, the stage runner
+
+    shared          config (typed configs from params.yaml), modalities (the modality
+                    catalogue), paths (repository-relative paths), atomic (atomic writes)
+
+    data, the method  <-  weights, engine  <-  pretrain, downstream  <-  reports
 """
 
 from mssdf._torchvision_compat import ensure_torchvision_importable

@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import display
 
 from mssdf.config import from_dict, to_dict
 from mssdf.data.lidar import rasterise, read_las

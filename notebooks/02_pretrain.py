@@ -46,6 +46,7 @@ import json
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from IPython.display import display
 
 from mssdf.config import from_dict, to_dict
 from mssdf.data.sample import SampleTiles

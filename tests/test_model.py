@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import MODALITIES, batch, micro_config
+from conftest import batch, micro_config
 from mssdf.config import ConfigError
 from mssdf.losses import LossConfig, mssdf_loss
 from mssdf.masking import MaskingConfig, generate_masks, num_masked

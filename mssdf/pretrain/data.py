@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mssdf.data.io import DataError
-from mssdf.engine.sampler import GlobalBatchSampler, Key
+from mssdf.engine.sampler import Key
 from mssdf.model import NormStats
 from mssdf.paths import resolve
 from mssdf.modalities import channels as default_channels

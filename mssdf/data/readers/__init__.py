@@ -29,7 +29,8 @@ from typing import Any
 
 from mssdf.config import ConfigError
 from mssdf.data.readers.aid import AID
-from mssdf.data.readers.base import IGNORE_INDEX, ReaderDataset, detection_collate
+from mssdf.data.io import IGNORE_INDEX
+from mssdf.data.readers.base import ReaderDataset, detection_collate
 from mssdf.data.readers.dior import DIOR
 from mssdf.data.readers.dota import DOTA
 from mssdf.data.readers.hrpairs import HRPairs

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mssdf.config import ConfigError
-from mssdf.data.io import IGNORE_INDEX, DataError, RasterInfo, check_band_count, nodata_to_nan, raster_info, read_raster
+from mssdf.data.io import DataError, RasterInfo, check_band_count, raster_info, read_raster
 
 Window = tuple[int, int, int, int]  # (row, col, height, width) in pixels
 Sample = dict[str, Any]

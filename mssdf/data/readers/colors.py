@@ -13,8 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from mssdf.data.io import DataError, read_colormap
-from mssdf.data.readers.base import IGNORE_INDEX, Window, read_image
+from mssdf.data.io import IGNORE_INDEX, DataError, read_colormap
+from mssdf.data.readers.base import Window, read_image
 
 RGB = tuple[int, int, int]
 
