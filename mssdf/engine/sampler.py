@@ -1,4 +1,4 @@
-"""The deterministic global-batch sampler every training loop uses.
+"""The deterministic global-batch sampler every training loop uses, and its loader.
 
 The order of an epoch is ``randperm(n)`` from a generator seeded with ``(seed, epoch)``;
 global batch ``k`` is positions ``[k·G, (k+1)·G)`` of it (``G = batch_size ·
@@ -11,11 +11,11 @@ resuming starts at a saved ``(epoch, batch)`` without loading the skipped batche
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mssdf.data.io import DataError
 
@@ -62,4 +62,19 @@ class GlobalBatchSampler(Sampler[list[Key]]):
             yield [(self.epoch, int(i)) for i in perm[lo : lo + self.b]]
 
 
-__all__ = ["GlobalBatchSampler", "Key"]
+
+def make_loader(dataset: Dataset, sampler: GlobalBatchSampler, collate_fn: Callable[[list], Any] | None = None,
+                num_workers: int = 0, pin_memory: bool = False, seed: int = 0) -> DataLoader:
+    """A ``DataLoader`` over ``sampler``'s batches that never draws from the global RNG.
+
+    A plain ``DataLoader`` draws its workers' base seed from the global torch generator
+    each time it is iterated (every epoch, and once more on resume), which shifts
+    dropout/drop-path streams so a resumed run would differ from an uninterrupted one. Its
+    own generator, seeded by ``(seed, sampler.rank)``, keeps the global streams for the model.
+    """
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, sampler.rank]).generate_state(1)[0]))
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
+                      pin_memory=pin_memory, generator=generator)
+
+
+__all__ = ["GlobalBatchSampler", "Key", "make_loader"]

@@ -30,6 +30,7 @@ class MetricSink:
         live_dir: dvclive folder, or None for no dvclive; ``resume`` appends to it.
         progress: show a tqdm bar.
         log: printer for text lines (None: silent).
+        desc: the progress bar's label.
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class MetricSink:
         resume: bool = False,
         progress: bool = True,
         log: Callable[[str], Any] | None = print,
+        desc: str = "train",
     ) -> None:
         self.enabled, self.log = enabled, log
         self.bar = None
@@ -48,7 +50,7 @@ class MetricSink:
         if not enabled:
             return
         if progress and tqdm is not None:
-            self.bar = tqdm(total=total, initial=initial, desc="pretrain", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
         if live_dir is not None:
             from dvclive import Live  # optional: only imported when asked for
 

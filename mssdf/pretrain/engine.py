@@ -38,7 +38,7 @@ from mssdf.atomic import atomic_write_text
 from mssdf.engine.distributed import DistEnv, cleanup, init_distributed, loss_gather, seed_everything, wrap_ddp
 from mssdf.engine.loop import LoopSpec, StepOutput, TrainState, amp_dtype, autocast, optimizer_step, resume, run_loop
 from mssdf.engine.optim import build_optimizer, build_scheduler, momentum_at
-from mssdf.engine.sampler import GlobalBatchSampler
+from mssdf.engine.sampler import GlobalBatchSampler, make_loader
 from mssdf.engine.tracking import MetricSink
 from mssdf.losses import mssdf_loss
 from mssdf.model import MSSDF, ModelConfig, ema_update
@@ -122,10 +122,7 @@ def setup(cfg: PretrainConfig, env: DistEnv, out_dir: Path, dataset: Dataset | N
     unused = (set(mcfg.modalities) != set(names) or len(names) < 2 or cfg.losses.modality == 0
               or cfg.losses.reconstruction == 0)
     net = wrap_ddp(model, env, find_unused_parameters=unused)
-    loader = DataLoader(
-        KeyedDataset(dataset, names), batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate,
-        pin_memory=env.device.type == "cuda",
-    )
+    loader = make_loader(KeyedDataset(dataset, names), sampler, collate, cfg.num_workers, env.device.type == "cuda", cfg.seed)
     spec = LoopSpec(end_step=min(total_steps, cfg.max_steps or total_steps), steps_per_epoch=spe, global_batch=global_batch,
                     log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
     return PretrainRun(cfg, env, out_dir, mcfg, state, net, dataset, sampler, loader, spec, total_steps, warmup_steps,
@@ -210,7 +207,7 @@ def pretrain(
 def _loop(run: PretrainRun, live: bool, live_dir: str | Path | None, progress: bool, log) -> PretrainResult:
     cfg, env, state, spec = run.cfg, run.env, run.state, run.spec
     sink = MetricSink(env.is_main, spec.end_step, state.step, (live_dir or run.out_dir / "live") if live else None,
-                      resume=run.resumed_from is not None, progress=progress, log=log)
+                      resume=run.resumed_from is not None, progress=progress, log=log, desc="pretrain")
     n_params = sum(p.numel() for p in state.model.student_parameters())
     sink.say(
         f"pretrain: {env.world_size} process(es) on {env.device}, {len(run.dataset)} samples, global batch {spec.global_batch}, "
