@@ -56,7 +56,6 @@ batch 32, bf16 autocast. Run: ``python benchmarks/bench_step.py [--preset tiny]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -65,10 +64,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, when not installed
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_masking
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_masking, _common
 
 import torch  # noqa: E402
 
+from _common import save_figures  # noqa: E402
 from mssdf import masking  # noqa: E402
 from mssdf.losses import LossConfig, mssdf_loss  # noqa: E402
 from mssdf.model import MSSDF, ModelConfig, ema_update, model_config  # noqa: E402
@@ -277,10 +277,7 @@ def main(args: argparse.Namespace) -> dict:
         out["peak_tflops"] = args.peak_tflops
         print(f"MFU: {100 * mfu:.1f}% of {args.peak_tflops:.0f} TFLOP/s bf16 peak")
 
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
-        print(f"figures written to {args.json}")
+    save_figures(out, args.json)
     return out
 
 
