@@ -12,11 +12,15 @@ Conventions
 
 Information-aware masking (method.md §2 and §4)
 -----------------------------------------------
-For each patch: ``score = mean Sobel gradient magnitude + variance``, on the grey-scale
-patch of the *raw* (pre-normalisation) values. Sobel uses 3×3 kernels applied to each
-patch on its own with reflect-101 borders (what the authors' per-patch OpenCV code
-does); the grey value is ITU-R 601 luma for ``rgb`` and the band mean otherwise; the
-variance is the population variance of the grey patch. Per-modality scores are
+For each patch: ``score = mean Sobel gradient magnitude + variance``, on the *raw*
+(pre-normalisation) values. Sobel uses 3×3 kernels applied to the grey-scale patch on its
+own with reflect-101 borders (what the authors' per-patch OpenCV code does); the grey
+value is ITU-R 601 luma for ``rgb`` and the band mean otherwise. The variance is the
+population variance of *all* the patch's values across its bands (``C·p·p`` values,
+``variance_of="bands"``, the authors' rule and the default) or of the grey patch
+(``variance_of="grey"``, this project's earlier rule; a flat pure-red patch scores 14450
+under the first and 0 under the second). The two agree on one-band modalities (DSM).
+Per-modality scores are
 optionally divided by their per-sample mean (``normalize_scores``: heights in metres
 and 0–255 colours then contribute comparably; the authors summed raw 0–255 scores,
 which is ``normalize_scores=False``), multiplied by ``modality_weights`` and summed.
@@ -78,6 +82,8 @@ class MaskingConfig:
     mode: Literal["random", "information"] = "information"
     ratio: float = 0.75
     weights: tuple[float, float, float] = (0.8, 0.5, 0.3)  # low / middle / high score
+    # variance term of the score: of all C·p·p band values ("bands", the authors') or of the grey patch ("grey")
+    variance_of: Literal["bands", "grey"] = "bands"
     quantiles: tuple[float, float] = (0.2, 0.8)
     modality_weights: dict[str, float] = field(default_factory=dict)  # default 1.0 each
     normalize_scores: bool = True
@@ -96,6 +102,7 @@ class MaskingConfig:
             raise ValueError(f"quantiles must satisfy 0 <= low <= high <= 1, got {self.quantiles}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        _check_variance_of(self.variance_of)
 
 
 def num_masked(num_patches: int, ratio: float) -> int:
@@ -124,12 +131,20 @@ def to_grey(image: Tensor, modality: str = "") -> Tensor:
     return image.mean(dim=1)
 
 
-def _sobel_variance(patches: Tensor) -> Tensor:
-    """``(n, p, p)`` grey patches → ``(n,)`` mean Sobel magnitude + population variance.
+VARIANCE_RULES = ("bands", "grey")
+
+
+def _check_variance_of(variance_of: str) -> None:
+    if variance_of not in VARIANCE_RULES:
+        raise ValueError(f"variance_of must be one of {VARIANCE_RULES}, got {variance_of!r}")
+
+
+def _sobel_mean(patches: Tensor) -> Tensor:
+    """``(n, p, p)`` grey patches → ``(n,)`` mean Sobel gradient magnitude.
 
     Each patch is treated on its own with reflect-101 borders. The 3×3 Sobel kernels are
-    applied separably with slices and in-place updates, and the per-patch means are
-    matrix-vector products: few passes over small chunks (the work is memory-bound).
+    applied separably with slices and in-place updates, and the per-patch mean is a
+    matrix-vector product: few passes over small chunks (the work is memory-bound).
     """
     n, p, _ = patches.shape
     mean_op = torch.full((p * p,), 1.0 / (p * p), dtype=patches.dtype, device=patches.device)
@@ -138,14 +153,35 @@ def _sobel_variance(patches: Tensor) -> Tensor:
     gx = torch.add(dx[:, :-2], dx[:, 2:]).add_(dx[:, 1:-1], alpha=2.0)  # (n, p, p) [1 2 1] smoothing
     dy = padded[:, 2:, :] - padded[:, :-2, :]  # (n, p, p+2)
     gy = torch.add(dy[:, :, :-2], dy[:, :, 2:]).add_(dy[:, :, 1:-1], alpha=2.0)  # (n, p, p)
-    grad = gx.mul_(gx).addcmul_(gy, gy).sqrt_().view(n, p * p) @ mean_op  # (n,)
+    return gx.mul_(gx).addcmul_(gy, gy).sqrt_().view(n, p * p) @ mean_op
+
+
+def _grey_variance(patches: Tensor) -> Tensor:
+    """``(n, p, p)`` grey patches → ``(n,)`` population variance (one pass: E[x²] − E[x]²)."""
+    n, p, _ = patches.shape
+    mean_op = torch.full((p * p,), 1.0 / (p * p), dtype=patches.dtype, device=patches.device)
     flat = patches.reshape(n, p * p)
     mean = flat @ mean_op
-    var = (flat * flat) @ mean_op - mean * mean
-    return grad + var.clamp_min_(0.0)
+    return ((flat * flat) @ mean_op - mean * mean).clamp_min_(0.0)
 
 
-def patch_scores(image: Tensor, patch: int, modality: str = "", chunk_size: int = 2) -> Tensor:
+def _band_variance(image: Tensor, patch: int) -> Tensor:
+    """``(b, C, H, W)`` → ``(b, N)`` population variance of each patch's ``C·p·p`` values.
+
+    Two passes (mean, then mean squared deviation): colour values up to 255 make the
+    one-pass ``E[x²] − E[x]²`` lose ~1e-2 in float32.
+    """
+    b, c, h, w = image.shape
+    gh, gw = h // patch, w // patch
+    blocks = image.reshape(b, c, gh, patch, gw, patch)
+    mean = blocks.mean(dim=(1, 3, 5), keepdim=True)  # (b, 1, gh, 1, gw, 1)
+    dev = blocks - mean
+    return dev.mul_(dev).mean(dim=(1, 3, 5)).reshape(b, gh * gw)
+
+
+def patch_scores(
+    image: Tensor, patch: int, modality: str = "", chunk_size: int = 2, variance_of: Literal["bands", "grey"] = "bands"
+) -> Tensor:
     """Information score of every patch of a batch of raw images.
 
     Args:
@@ -153,18 +189,27 @@ def patch_scores(image: Tensor, patch: int, modality: str = "", chunk_size: int 
         patch: patch size ``p``.
         modality: modality key (``rgb`` uses luma for the grey conversion).
         chunk_size: samples processed at once (bounds temporary memory).
+        variance_of: ``"bands"``: variance of all ``C·p·p`` values of the patch (the
+            authors'); ``"grey"``: variance of the grey patch. Same for ``C = 1``.
 
     Returns:
         ``(B, N)`` float32 scores, ``N = (H/p)(W/p)`` in row-major patch order.
     """
-    b, _, h, w = image.shape
+    _check_variance_of(variance_of)
+    b, c, h, w = image.shape
     gh, gw = grid_size(h, w, patch)
     out = torch.empty(b, gh * gw, dtype=torch.float32, device=image.device)
     for start in range(0, b, chunk_size):
-        grey = to_grey(image[start : start + chunk_size].float(), modality)  # (b', H, W)
+        chunk = image[start : start + chunk_size].float()
+        grey = to_grey(chunk, modality)  # (b', H, W)
         n = grey.shape[0]
         patches = grey.reshape(n, gh, patch, gw, patch).transpose(2, 3).reshape(n * gh * gw, patch, patch)
-        out[start : start + n] = _sobel_variance(patches).view(n, gh * gw)
+        score = _sobel_mean(patches).view(n, gh * gw)
+        if variance_of == "bands" and c > 1:
+            score += _band_variance(chunk, patch)
+        else:
+            score += _grey_variance(patches).view(n, gh * gw)
+        out[start : start + n] = score
     return out
 
 
@@ -174,6 +219,7 @@ def information_scores(
     modality_weights: Mapping[str, float] | None = None,
     normalize: bool = True,
     chunk_size: int = 2,
+    variance_of: Literal["bands", "grey"] = "bands",
 ) -> Tensor:
     """Combined per-patch information score over all modalities.
 
@@ -183,6 +229,8 @@ def information_scores(
         modality_weights: multiplier of each modality's score (default 1.0).
         normalize: divide each modality's scores by their per-sample mean first.
         chunk_size: samples scored at once.
+        variance_of: variance term over all band values (``"bands"``) or of the grey
+            patch (``"grey"``); see :func:`patch_scores`.
 
     Returns:
         ``(B, N)`` scores.
@@ -194,7 +242,7 @@ def information_scores(
         raise KeyError(f"modality_weights name modalities not in the batch: {sorted(unknown)}")
     total = None
     for name, image in images.items():
-        s = patch_scores(image, patch, name, chunk_size)
+        s = patch_scores(image, patch, name, chunk_size, variance_of)
         if normalize:
             s = s / s.mean(dim=1, keepdim=True).clamp_min(1e-12)
         s = s * float(weights.get(name, 1.0))
@@ -357,7 +405,9 @@ def generate_masks(
     if config.mode == "random":
         ref = random_mask(b, gh * gw, config.ratio, first.device, generator)
     else:
-        scores = information_scores(images, patch, config.modality_weights, config.normalize_scores, config.chunk_size)
+        scores = information_scores(
+            images, patch, config.modality_weights, config.normalize_scores, config.chunk_size, config.variance_of
+        )
         ref = information_aware_mask(scores, config.ratio, config.weights, config.quantiles, generator)
     p = config.substitution(epoch) if config.cross_modal else 0.0
     return cross_modal_masks(ref, keys, ref_key, p, generator)

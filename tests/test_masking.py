@@ -49,14 +49,118 @@ def test_same_seed_same_masks_other_seed_other_masks():
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_scores_equal_the_per_patch_reference():
+@pytest.mark.parametrize("variance_of", ["bands", "grey"])
+def test_scores_equal_the_per_patch_reference(variance_of):
     x = images(b=3, size=64)
-    ours = information_scores(x, 16, normalize=False).double().numpy()
-    ref = np.stack([reference.sample_scores({k: v[i].numpy() for k, v in x.items()}, 16) for i in range(3)])
+    x["ms"] = torch.rand(3, 4, 64, 64, generator=torch.Generator().manual_seed(5)) * 1000  # 4 bands, band-mean grey
+    ours = information_scores(x, 16, normalize=False, variance_of=variance_of).double().numpy()
+    ref = np.stack(
+        [reference.sample_scores({k: v[i].numpy() for k, v in x.items()}, 16, False, variance_of) for i in range(3)]
+    )
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-3)
-    ours_n = information_scores(x, 16, normalize=True).double().numpy()
-    ref_n = np.stack([reference.sample_scores({k: v[i].numpy() for k, v in x.items()}, 16, True) for i in range(3)])
+    ours_n = information_scores(x, 16, normalize=True, variance_of=variance_of).double().numpy()
+    ref_n = np.stack(
+        [reference.sample_scores({k: v[i].numpy() for k, v in x.items()}, 16, True, variance_of) for i in range(3)]
+    )
     np.testing.assert_allclose(ours_n, ref_n, rtol=1e-5)
+
+
+def test_default_variance_is_the_authors_band_rule_and_the_reference_default():
+    assert MaskingConfig().variance_of == "bands"
+    x = images(b=2, size=32)
+    default = information_scores(x, 16, normalize=False)
+    assert torch.equal(default, information_scores(x, 16, normalize=False, variance_of="bands"))
+    ref = np.stack([reference.sample_scores({k: v[i].numpy() for k, v in x.items()}, 16) for i in range(2)])
+    np.testing.assert_allclose(default.double().numpy(), ref, rtol=1e-5, atol=1e-3)
+
+
+def colour_images(b=4, size=128, seed=0):
+    """Colour images with real colour structure: per-patch random hues with some flat patches."""
+    g = torch.Generator().manual_seed(seed)
+    n = size // 16
+    hue = torch.rand(b, 3, n, n, generator=g) * 255  # one colour per patch ...
+    rgb = hue.repeat_interleave(16, 2).repeat_interleave(16, 3)
+    texture = torch.rand(b, 1, size, size, generator=g) * torch.rand(b, 1, n, n, generator=g).repeat_interleave(16, 2).repeat_interleave(16, 3)
+    return (rgb + 40 * texture).clamp(0, 255)  # ... plus grey texture of per-patch strength
+
+
+def test_flat_pure_red_patch_has_the_authors_band_variance():
+    p = 16
+    red = torch.zeros(1, 3, p, p)
+    red[:, 0] = 255.0
+    # bands rule: variance of p² values 255 and 2p² values 0 (flat: no Sobel gradient)
+    values = np.array([255.0] * (p * p) + [0.0] * (2 * p * p))
+    expected = float(((values - values.mean()) ** 2).mean())  # mean 85: (170² + 2·85²)/3 = 14450
+    assert expected == pytest.approx(14450.0)
+    bands = information_scores({"rgb": red}, p, normalize=False, variance_of="bands")[0, 0]
+    assert float(bands) == pytest.approx(expected, rel=1e-6)
+    assert reference.sample_scores({"rgb": red[0].numpy()}, p, variance_of="bands")[0] == pytest.approx(expected)
+    # grey rule: a flat patch has a constant grey value, so ~0 (float32 one-pass rounding)
+    grey = information_scores({"rgb": red}, p, normalize=False, variance_of="grey")[0, 0]
+    assert abs(float(grey)) < 1e-2
+    assert reference.sample_scores({"rgb": red[0].numpy()}, p, variance_of="grey")[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_variance_rules_agree_on_one_band_modalities():
+    x = images(b=2, size=32)["dsm"]
+    assert torch.equal(
+        information_scores({"dsm": x}, 16, normalize=False, variance_of="bands"),
+        information_scores({"dsm": x}, 16, normalize=False, variance_of="grey"),
+    )
+
+
+def test_default_scores_on_random_colour_images_equal_the_reference_band_rule():
+    rgb = colour_images(b=3, size=64, seed=3)
+    ours = information_scores({"rgb": rgb}, 16, normalize=False).double().numpy()
+    ref = np.stack([reference.sample_scores({"rgb": rgb[i].numpy()}, 16, variance_of="bands") for i in range(3)])
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-3)
+    grey = np.stack([reference.sample_scores({"rgb": rgb[i].numpy()}, 16, variance_of="grey") for i in range(3)])
+    assert not np.allclose(ours, grey, rtol=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_band_and_grey_variance_rank_colour_patches_differently(seed):
+    """On colour patches the option matters: rankings and quantile bands differ between the rules."""
+    def band_of(scores, quantiles):  # 0 low, 1 middle, 2 high: the weights double as band labels
+        return score_weights(scores, (0.0, 1.0, 2.0), quantiles).round().long()
+
+    rgb = colour_images(b=4, size=128, seed=seed)
+    bands = information_scores({"rgb": rgb}, 16, normalize=False, variance_of="bands")
+    grey = information_scores({"rgb": rgb}, 16, normalize=False, variance_of="grey")
+    for i in range(4):
+        assert not torch.equal(bands[i].argsort(), grey[i].argsort())
+    changed = (band_of(bands, (0.2, 0.8)) != band_of(grey, (0.2, 0.8))).float().mean()
+    assert changed > 0.05
+
+
+def test_band_variance_is_the_grey_variance_plus_the_mean_spread_across_bands():
+    """Law of total variance for a band-mean grey (any non-rgb modality): over all C·p·p values,
+    var = var(band-mean image) + mean over pixels of the variance across bands."""
+    ms = colour_images(b=2, size=64, seed=2)
+    bands = information_scores({"ms": ms}, 16, normalize=False, variance_of="bands")
+    grey = information_scores({"ms": ms}, 16, normalize=False, variance_of="grey")
+    across = ms.var(dim=1, unbiased=False).reshape(2, 4, 16, 4, 16).mean(dim=(2, 4)).reshape(2, 16)
+    torch.testing.assert_close(bands, grey + across, rtol=1e-4, atol=1e-2)
+
+
+def test_variance_rule_is_validated_and_read_from_params():
+    from mssdf.config import from_dict
+
+    assert from_dict(MaskingConfig, {"variance_of": "grey"}, "masking").variance_of == "grey"
+    with pytest.raises((ValueError, TypeError)):
+        from_dict(MaskingConfig, {"variance_of": "colour"}, "masking")
+    with pytest.raises(ValueError, match="variance_of"):
+        information_scores(images(b=1, size=32), 16, variance_of="colour")
+
+
+def test_generate_masks_uses_the_configured_variance_rule():
+    rgb = colour_images(b=2, size=64, seed=1)
+    cfg_b, cfg_g = MaskingConfig(variance_of="bands"), MaskingConfig(variance_of="grey")
+    seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = generate_masks({"rgb": rgb}, 16, cfg_b, generator=seed())["rgb"]
+    b = generate_masks({"rgb": rgb}, 16, cfg_g, generator=seed())["rgb"]
+    d = generate_masks({"rgb": rgb}, 16, MaskingConfig(), generator=seed())["rgb"]
+    assert torch.equal(a, d) and not torch.equal(a, b)
 
 
 def test_scores_rank_flat_patches_below_detailed_ones():
