@@ -1,7 +1,10 @@
 """Authors'-layout checkpoints in, timm VisionTransformer out, our safetensors round trip."""
 
+import argparse
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 from conftest import batch, micro_config
 from mssdf.weights import export_timm, load_pretrained, save_pretrained
 from mssdf.weights import CheckpointError, load_authors_checkpoint, to_timm, to_timm_state_dict
+from mssdf.weights.authors import AuthorsCheckpointWarning, authors_config, load_authors_checkpoint_with_report
 from mssdf.model import MSSDF
 
 D, DD, DEPTH, HEADS, PATCH, SIZE = 32, 16, 2, 2, 8, 32
@@ -136,6 +140,159 @@ def test_authors_checkpoint_errors_are_clear(tmp_path):
         load_authors_checkpoint({"model": {"foo": torch.zeros(1)}})
     with pytest.raises(CheckpointError, match="file not found"):
         load_authors_checkpoint(tmp_path / "missing.pth")
+
+
+class PickledThing:
+    """A class of ours that a checkpoint must not be allowed to instantiate."""
+
+    def __init__(self, value=1):
+        self.value = value
+
+
+HEADS_KW = dict(img_size=SIZE, num_heads=HEADS, decoder_heads=HEADS)
+
+
+def training_checkpoint(sd, **extra):
+    """A checkpoint as the authors' training script writes it: model, argparse args, optimizer state, epoch."""
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    opt = torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    params[0].sum().backward()
+    params[1].sum().backward()
+    opt.step()  # per-parameter state (step, exp_avg, exp_avg_sq) as in a real file
+    args = argparse.Namespace(model="mae_vit_base_patch16", input_size=320, mask_ratio=0.75, batch_size=32, epochs=500,
+                              blr=1.5e-4, min_lr=1e-5, data_path="/data/hrpairs", output_dir=None, dist_on_itp=False)  # fmt: skip
+    return {"model": sd, "args": args, "optimizer": opt.state_dict(), "epoch": 499, **extra}
+
+
+def test_authors_training_checkpoint_loads_safely_with_its_argparse_args(authors, tmp_path):
+    sd, model = authors
+    path = tmp_path / "checkpoint-499.pth"
+    ckpt = training_checkpoint(sd)
+    torch.save(ckpt, path)
+    with pytest.raises(Exception):  # the plain safe loader refuses it: the Namespace is what needs allowing
+        torch.load(path, weights_only=True)
+    again = load_authors_checkpoint(path, **HEADS_KW)
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()  # allowed for that load only
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"thing": PickledThing(3)},  # another class at the top level
+        {"args": argparse.Namespace(output_dir=Path("/out"))},  # another class inside the allowed Namespace
+    ],
+    ids=["class", "class-inside-namespace"],
+)
+def test_checkpoint_holding_another_python_object_is_refused_naming_the_file(tmp_path, extra):
+    path = tmp_path / "odd.pth"
+    torch.save(training_checkpoint(authors_state_dict(), **extra), path)
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + r".*refused by the safe loader.*(PickledThing|Path)"):
+        load_authors_checkpoint(path, **HEADS_KW)
+
+
+MISSING_KEYS = [
+    "encoder.patch_embed.proj.weight",  # student patch embedding (its shape is read off the teacher's twin)
+    "encoder.patch_embed.proj.bias",
+    "encoder.cls_embed.weight",
+    f"ema_teacher.blocks.{DEPTH - 1}.attn.qkv.weight",  # a teacher block tensor
+    "ema_teacher.norm.bias",
+    "mask1_token",
+    "mask2_token",
+    "fusion_token",
+    "fusion_decoder.blocks.0.mlp.fc2.bias",
+    "cls_head.0.weight",  # modality head
+    "cls_head.3.bias",
+    "decoder.head.weight",  # decoder head
+    "decoder.norm.weight",
+]
+
+
+@pytest.mark.parametrize("key", MISSING_KEYS)
+def test_every_missing_tensor_is_an_error_naming_the_file_and_its_key(tmp_path, key):
+    sd = authors_state_dict()
+    del sd[key]
+    path = tmp_path / "vit_base_500.pth"
+    torch.save(training_checkpoint(sd), path)
+    with pytest.raises(CheckpointError) as err:
+        load_authors_checkpoint(path, **HEADS_KW)
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and "missing" in msg
+    assert re.search(r"(^|[\s:(,])" + re.escape(key) + r"($|[\s,;)])", msg), msg  # the file's spelling, exactly
+
+
+@pytest.mark.parametrize("key", ["encoder_to_decoder.weight", "encoder.blocks.0.mlp.fc1.weight"])
+def test_tensors_that_fix_the_model_shape_are_required_even_non_strict(tmp_path, key):
+    sd = authors_state_dict()
+    del sd[key]
+    if key.startswith("encoder."):
+        del sd[key.replace("encoder.", "ema_teacher.", 1)]
+    path = tmp_path / "shape.pth"
+    torch.save({"model": sd}, path)
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*" + re.escape(key)):
+        load_authors_checkpoint(path, strict=False, **HEADS_KW)
+
+
+@pytest.mark.parametrize(
+    "deleted, kept",
+    [
+        (["decoder.head.weight"], ["head.weight"]),
+        (["decoder.head.weight", "decoder.head.bias"], ["head.bias", "head.weight"]),
+        (["cls_head.3.weight"], ["modality_head.3.weight"]),
+        (["encoder.cls_embed.weight"], ["encoder.cls_token"]),
+        (["encoder.patch_embed.proj.bias"], ["encoder.patch_embed.proj.dsm.proj.bias", "encoder.patch_embed.proj.rgb.proj.bias"]),
+    ],
+)
+def test_non_strict_load_reports_which_of_our_tensors_kept_their_initial_values(tmp_path, deleted, kept):
+    sd = authors_state_dict()
+    for k in deleted:
+        del sd[k]
+    path = tmp_path / "partial.pth"
+    torch.save(training_checkpoint(sd), path)
+    torch.manual_seed(123)
+    with pytest.warns(AuthorsCheckpointWarning, match=re.escape(str(path)) + ".*kept their initial values") as rec:
+        model = load_authors_checkpoint(path, strict=False, **HEADS_KW)
+    msg = str(rec[0].message)
+    assert all(k in msg for k in kept) and all(k in msg for k in deleted)
+    _, report = load_authors_checkpoint_with_report(path, strict=False, **HEADS_KW)
+    assert report.kept_init == tuple(kept) and report.missing == tuple(sorted(deleted)) and report.unused == ()
+    assert report.source == str(path) and not report.complete
+    torch.manual_seed(123)
+    fresh = MSSDF(authors_config(sd, **HEADS_KW)).state_dict()  # same seed: the initial values
+    loaded = model.state_dict()
+    for k in kept:
+        assert torch.equal(loaded[k], fresh[k]), k
+    full = load_authors_checkpoint(authors_state_dict(), **HEADS_KW).state_dict()
+    for k, v in loaded.items():  # everything else is the file's
+        if k not in kept:
+            assert torch.equal(v, full[k]), k
+
+
+def test_strict_complete_load_reports_nothing_and_does_not_warn(tmp_path):
+    import warnings
+
+    path = tmp_path / "ok.pth"
+    torch.save(training_checkpoint(authors_state_dict()), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model, report = load_authors_checkpoint_with_report(path, **HEADS_KW)
+        load_authors_checkpoint(path, strict=False, **HEADS_KW)
+    assert report.complete and not report.teacher_from_student and isinstance(model, MSSDF)
+
+
+def test_without_any_teacher_tensor_the_teacher_starts_from_the_student(tmp_path):
+    sd = {k: v for k, v in authors_state_dict().items() if not k.startswith("ema_teacher.")}
+    model, report = load_authors_checkpoint_with_report(sd, **HEADS_KW)
+    assert report.teacher_from_student and report.complete
+    student, teacher = model.encoder.state_dict(), model.teacher.state_dict()
+    for k, v in student.items():
+        assert torch.equal(v, teacher[k]), k
+    del sd["encoder.norm.weight"]  # a student tensor missing: reported once, under the file's name
+    with pytest.raises(CheckpointError, match=r"missing tensors \(as the file names them\): encoder\.norm\.weight$"):
+        load_authors_checkpoint(sd, **HEADS_KW)
 
 
 @pytest.mark.parametrize("pos", ["2d", "1d"])

@@ -80,7 +80,8 @@ def colour_images(b=4, size=128, seed=0):
     n = size // 16
     hue = torch.rand(b, 3, n, n, generator=g) * 255  # one colour per patch ...
     rgb = hue.repeat_interleave(16, 2).repeat_interleave(16, 3)
-    texture = torch.rand(b, 1, size, size, generator=g) * torch.rand(b, 1, n, n, generator=g).repeat_interleave(16, 2).repeat_interleave(16, 3)
+    strength = torch.rand(b, 1, n, n, generator=g).repeat_interleave(16, 2).repeat_interleave(16, 3)
+    texture = torch.rand(b, 1, size, size, generator=g) * strength
     return (rgb + 40 * texture).clamp(0, 255)  # ... plus grey texture of per-patch strength
 
 
