@@ -62,10 +62,11 @@ def truncate(path: Path, keep: float = 0.5) -> None:
 
 # ----------------------------------------------------------------------------- ISPRS
 def make_potsdam(
-    root: Path, tiles: Sequence[str], size: int = 32, short_tile: str | None = "3_13", seed: int = 0
+    root: Path, tiles: Sequence[str], size: int = 32, short_tiles: Sequence[str] = ("3_13",), seed: int = 0
 ) -> dict:
     """Potsdam layout: RGB, IRRG, RGBIR, zero-padded float DSM, 3-channel nDSM JPEG, labels
-    (full and noBoundary). ``short_tile``'s DSM/nDSM lack their last column."""
+    (full and noBoundary). The DSM/nDSM of ``short_tiles`` (the real quirk: 3_13) lack their
+    last column."""
     rng = np.random.default_rng(seed)
     out: dict = {}
     for t in tiles:
@@ -73,7 +74,7 @@ def make_potsdam(
         pad = f"{r:02d}_{c:02d}"
         rgb = rand_u8(rng, 3, size, size)
         ir = rand_u8(rng, 1, size, size)
-        w_dsm = size - 1 if t == short_tile else size
+        w_dsm = size - 1 if t in short_tiles else size
         dsm = rng.uniform(30, 60, (1, size, w_dsm)).astype(np.float32)
         ndsm = rng.integers(0, 256, (size, w_dsm), dtype=np.uint8)
         label = rand_label(rng, size, size)
@@ -96,17 +97,19 @@ def make_potsdam(
 
 def make_vaihingen(
     root: Path, areas: Sequence[int], size: int = 24, variants: Sequence[str] = ("gts",), seed: int = 0,
-    ndsm: bool = True,
+    ndsm: bool = True, short_dsm: Sequence[int] = (),
 ) -> dict:  # fmt: skip
     """Vaihingen layout: top (IRRG), float DSM, optional nDSM BMP, and labels in the
-    requested ``variants``: ``gts`` (gts_for_participants), ``complete``, ``eroded``."""
+    requested ``variants``: ``gts`` (gts_for_participants), ``complete``, ``eroded``. The
+    DSM/nDSM of the ``short_dsm`` areas lack their last column (no real area does)."""
     rng = np.random.default_rng(seed)
     out: dict = {}
     for a in areas:
         h, w = size + a % 3, size + 2 * (a % 2)  # areas differ in size, like the real ones
         top = rand_u8(rng, 3, h, w)
-        dsm = rng.uniform(250, 280, (1, h, w)).astype(np.float32)
-        nd = rng.integers(0, 256, (1, h, w), dtype=np.uint8)
+        w_dsm = w - 1 if a in short_dsm else w
+        dsm = rng.uniform(250, 280, (1, h, w_dsm)).astype(np.float32)
+        nd = rng.integers(0, 256, (1, h, w_dsm), dtype=np.uint8)
         label = rand_label(rng, h, w)
         nob = label.copy()
         nob[:, ::4] = 255

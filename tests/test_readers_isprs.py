@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -56,10 +57,53 @@ def test_potsdam_irrg_ndsm_noboundary_and_5999_tile(potsdam):
     assert dsm.shape == (S, S)  # 5999-wide nDSM padded by one column
     assert np.abs(dsm[:, : S - 1] - d["ndsm"]).max() <= 2  # JPEG with 3 equal channels -> 1 band
     assert (dsm[:, S - 1] == dsm[:, S - 2]).all()
+    assert s["meta"]["dsm_padded_columns"] == 1  # the padding is recorded ...
+    assert all(ds[i]["meta"]["dsm_padded_columns"] == 0 for i, t in enumerate(ds.tiles) if t.tile_id != "3_13")  # ... 0 elsewhere
     lab = s["label"].numpy()
     assert (lab == d["label_nob"]).all() and (lab[::5] == 255).all()
     float_dsm = Potsdam(root, "test", modalities=("rgb", "dsm"), tiles=["3_13"])[0]["dsm"].numpy()[0]
     assert np.allclose(float_dsm[:, : S - 1], d["dsm"][0]) and np.allclose(float_dsm[:, -1], d["dsm"][0, :, -1])
+
+
+def test_potsdam_padding_is_recorded_per_window_on_3_13_only(potsdam):
+    root, _ = potsdam
+    crops = Potsdam(root, "test", tiles=["3_13", "2_13"], modalities=("rgb", "dsm"), crop_size=10)
+    for i, (t, (_, c, _, w)) in enumerate(crops.samples):
+        s = crops[i]
+        on_edge = crops.tiles[t].tile_id == "3_13" and c + w == S
+        assert s["meta"]["dsm_padded_columns"] == (1 if on_edge else 0), (crops.tiles[t].tile_id, c)
+        assert s["dsm"].shape == (1, 10, 10)
+    assert "dsm_padded_columns" not in Potsdam(root, "test", tiles=["3_13"], modalities=("rgb",))[0]["meta"]
+
+
+def names_both(err, a: str, size_a: str, b: str, size_b: str) -> bool:
+    """The error names both files (``<path>/a``) and both sizes, next to their files."""
+    msg = str(err.value)
+    return all(re.search(re.escape(f"/{f}") + r"(: size |\s\()" + s, msg) for f, s in ((a, size_a), (b, size_b)))
+
+
+@pytest.mark.parametrize("dsm_source", ["dsm", "ndsm"])
+def test_potsdam_short_dsm_on_any_other_tile_is_an_error_at_construction(tmp_path, dsm_source):
+    """Only the documented quirk (3_13) is padded: the same one-column gap elsewhere is refused."""
+    make_potsdam(tmp_path, ["2_10", "3_13"], size=S, short_tiles=("3_13", "2_10"))
+    dsm = "dsm_potsdam_02_10.tif" if dsm_source == "dsm" else "dsm_potsdam_02_10_normalized_lastools.jpg"
+    with pytest.raises(DataError) as err:
+        Potsdam(tmp_path, "train", tiles=["2_10"], dsm_source=dsm_source)
+    assert names_both(err, dsm, "16x15", "top_potsdam_2_10_RGB.tif", "16x16"), err.value
+    with pytest.raises(DataError) as err:  # without an image, the label is the partner
+        Potsdam(tmp_path, "train", tiles=["2_10"], modalities=("dsm",), dsm_source=dsm_source)
+    assert names_both(err, dsm, "16x15", "top_potsdam_2_10_label.tif", "16x16"), err.value
+    ok = Potsdam(tmp_path, "test", tiles=["3_13"], dsm_source=dsm_source)  # the quirk tile still loads
+    assert ok[0]["meta"]["dsm_padded_columns"] == 1
+
+
+def test_potsdam_label_size_mismatch_is_an_error_naming_both_files(small):
+    write_tif(small / "5_Labels_all" / "top_potsdam_2_10_label.tif", ISPRS.encode(np.zeros((S, S - 1), np.int64)))
+    with pytest.raises(DataError, match=r"top_potsdam_2_10_label\.tif: size 16x15 differs from its partner .*2_10_RGB\.tif \(16x16\)"):
+        Potsdam(small, "train", tiles=["2_10"])
+    write_tif(small / "5_Labels_all" / "top_potsdam_3_13_label.tif", ISPRS.encode(np.zeros((S, S - 1), np.int64)))
+    with pytest.raises(DataError, match=r"top_potsdam_3_13_label\.tif: size 16x15 differs"):  # the quirk is the DSM's only
+        Potsdam(small, "test", tiles=["3_13"])
 
 
 def test_potsdam_crops_and_seeded_fraction(potsdam):
@@ -186,3 +230,14 @@ def test_vaihingen_bad_inputs(tmp_path):
     write_tif(tmp_path / "dsm" / "dsm_09cm_matching_area3.tif", np.zeros((1, 5, 5), np.float32), (500000.0, 5400000.0, 0.09))
     with pytest.raises(DataError, match=r"dsm_09cm_matching_area3\.tif: size 5x5 differs"):
         Vaihingen(tmp_path, "train", areas=[1, 3])
+
+
+@pytest.mark.parametrize("dsm_source", ["dsm", "ndsm"])
+def test_vaihingen_one_column_short_dsm_is_an_error_naming_both_files(tmp_path, dsm_source):
+    """Vaihingen has no padding quirk: a DSM/nDSM one column short is refused at construction."""
+    make_vaihingen(tmp_path, [1, 3], variants=("gts",), size=12, short_dsm=(3,))  # area 3: 12x14 image
+    dsm = "dsm_09cm_matching_area3.tif" if dsm_source == "dsm" else "ndsm_09cm_matching_area3.bmp"
+    with pytest.raises(DataError) as err:
+        Vaihingen(tmp_path, "train", areas=[1, 3], dsm_source=dsm_source)
+    assert names_both(err, dsm, "12x13", "top_mosaic_09cm_area3.tif", "12x14"), err.value
+    assert len(Vaihingen(tmp_path, "train", areas=[1], dsm_source=dsm_source)) == 1

@@ -17,7 +17,10 @@ order with black (boundaries) = 255, ``meta``.
 
 Quirks handled: zero-padded DSM ids (an unpadded name is accepted too); tile 3_13's DSM and
 nDSM are 5999 px wide (one missing column on the right, filled by repeating the last
-column); the nDSM JPEG may decode as 3 equal channels (averaged); a 4th (alpha) band on
+column and counted in ``meta["dsm_padded_columns"]``, 0 for every other sample). That
+tile only (:data:`SHORT_DSM_TILES`): any other size difference between a tile's image and
+its DSM, nDSM or label is a ``DataError`` at construction naming both files and sizes.
+The nDSM JPEG may decode as 3 equal channels (averaged); a 4th (alpha) band on
 RGB files is ignored. A DSM nodata value (from the header) or NaN is filled with the
 crop's lowest height and counted in ``meta["dsm_filled"]``.
 """
@@ -41,6 +44,8 @@ TEST_TILES: tuple[str, ...] = (
 )  # fmt: skip
 SPLITS = {"train": TRAIN_TILES, "test": TEST_TILES, "all": TRAIN_TILES + TEST_TILES}
 MODALITIES = ("rgb", "ms", "dsm")
+# the documented quirk (docs/data.md): tiles whose DSM and nDSM lack columns on the right, and how many
+SHORT_DSM_TILES: dict[str, int] = {"3_13": 1}
 
 LAYOUT = __doc__.split("Layout under ``root``::")[1].split("Sample:")[0].rstrip()
 
@@ -122,8 +127,9 @@ class Potsdam(TiledSegmentation):
             if dsm_source == "dsm":
                 d_dsm = folder("1_DSM")
                 makers["dsm"] = lambda t: Source(
-                    "dsm", self._dsm_path(d_dsm, "dsm_potsdam_{}.tif", t), "height", None, (1,), short_ok=1
-                )
+                    "dsm", self._dsm_path(d_dsm, "dsm_potsdam_{}.tif", t), "height", None, (1,),
+                    short_ok=SHORT_DSM_TILES.get(t, 0),
+                )  # fmt: skip
             else:
                 d_dsm = folder("1_DSM_normalisation")
                 makers["dsm"] = lambda t: Source(
@@ -132,7 +138,7 @@ class Potsdam(TiledSegmentation):
                     "grey",
                     None,
                     (1, 3),
-                    short_ok=1,
+                    short_ok=SHORT_DSM_TILES.get(t, 0),
                 )
         if labels == "full":
             d_lab = folder("5_Labels_all")
@@ -158,6 +164,17 @@ class Potsdam(TiledSegmentation):
             root, split, tile_sources, ISPRS, crop_size, stride, train_fraction, fraction_of, seed,
             unknown_colors, check_georef, transform,
         )  # fmt: skip
+
+    def load(self, index: int) -> Sample:
+        """The sample, with ``meta["dsm_padded_columns"]``: DSM columns filled by edge
+        replication in this window (tile 3_13's missing last column; 0 elsewhere)."""
+        sample = super().load(index)
+        t, (_, c, _, w) = self.samples[index]
+        tile = self.tiles[t]
+        for src, info in zip(tile.sources, tile.infos):
+            if src.key == "dsm":
+                sample["meta"]["dsm_padded_columns"] = max(0, c + w - max(info.width, c))
+        return sample
 
     @staticmethod
     def _dsm_path(folder: Path, pattern: str, tile: str) -> Path:
