@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from mssdf.data.io import read_raster
     from mssdf.data.prepare import PrepareConfig, prepare
     from mssdf.data.sample import SampleTiles
+    from mssdf.data.sources import SourceSettings
     from mssdf.paths import resolve
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (root / "index.csv").is_file():
         root = resolve("scratch/bench_prepare")
         print(f"no prepared data at {args.root}; preparing Rotterdam into {root} ...")
-        prepare(PrepareConfig(out_dir=str(root), sources="rotterdam"), log=None)
+        prepare(PrepareConfig(out_dir=str(root), sources={"rotterdam": SourceSettings()}), log=None)
 
     task = "pretrain_rotterdam"
     rows = []

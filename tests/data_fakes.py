@@ -1,6 +1,6 @@
 """Tiny fake versions of the embedded real sample (``data/raw`` layout), for the data tests.
 
-``make_raw(root)`` writes every file :mod:`mssdf.data.prepare` reads, a few dozen pixels
+``make_raw(root)`` writes every file the sources of :mod:`mssdf.data.sources` read, a few dozen pixels
 / a few thousand points each, with known content so tests can check values:
 
 * Autzen-like LAZ in a feet CRS (EPSG:2994 WKT): ground plane ``z = 100 + 0.1 x`` metres,
@@ -145,8 +145,22 @@ def make_raw(root: Path, rotterdam_px: int = 64, atlanta_px: int = 96, lasvegas_
     return root
 
 
-# Small tiles so the fakes give tiles in every source.
-SMALL = dict(autzen_tile=16, autzen_stride=8, autzen_block=16, ign_tile=16, ign_stride=8, ign_block=16,
-             rotterdam_tile=16, rotterdam_stride=16, rotterdam_block=32, atlanta_tile=32, atlanta_stride=16,
-             atlanta_block=32, lasvegas_tile=32, lasvegas_stride=32, lasvegas_block=32, ign_min_density=1.0,
-             max_nodata=0.3, change_per_tile=2, min_box_pixels=8)
+# Small tiles so the fakes give tiles in every source (``prepare.sources`` blocks).
+SMALL_SOURCES = {
+    "autzen": dict(tile=16, stride=8, block=16),
+    "ign": dict(tile=16, stride=8, block=16, min_density=1.0),
+    "rotterdam": dict(tile=16, stride=16, block=32),
+    "atlanta": dict(tile=32, stride=16, block=32),
+    "lasvegas": dict(tile=32, stride=32, block=32),
+}
+
+
+def small_sources(*names: str, **overrides: dict) -> dict[str, dict]:
+    """The ``sources`` mapping with the small blocks of ``names`` (all sources if none),
+    each updated by ``overrides[name]``, e.g. ``small_sources("rotterdam", rotterdam={"stride": 4})``."""
+    unknown = set(overrides) - set(names or SMALL_SOURCES)
+    assert not unknown, f"overrides for unselected sources {unknown}"
+    return {n: {**SMALL_SOURCES[n], **overrides.get(n, {})} for n in (names or SMALL_SOURCES)}
+
+
+SMALL = dict(sources=small_sources(), max_nodata=0.3, change_per_tile=2, min_box_pixels=8)

@@ -5,6 +5,7 @@ import hashlib
 import pytest
 
 from mssdf.data.prepare import PrepareConfig, prepare
+from mssdf.data.sources import SourceSettings
 from mssdf.paths import repo_root
 
 RAW = repo_root(__file__) / "data" / "raw"
@@ -22,7 +23,7 @@ def _digest(folder):
 def test_two_preparations_are_byte_identical(tmp_path):
     digests = []
     for name in ("a", "b"):  # the same out_dir each time (it is recorded in summary.json)
-        cfg = PrepareConfig(raw_dir=str(RAW), out_dir=str(tmp_path / "out"), sources="autzen,ign")
+        cfg = PrepareConfig(raw_dir=str(RAW), out_dir=str(tmp_path / "out"), sources={"autzen": SourceSettings(), "ign": SourceSettings()})
         prepare(cfg, root=repo_root(__file__), log=None)
         digests.append(_digest(tmp_path / "out"))
         (tmp_path / "out").rename(tmp_path / name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from data_fakes import SMALL, make_raw, write_tif
+from data_fakes import SMALL, make_raw, small_sources, write_tif
 from rasterio.transform import Affine
 
 from mssdf.config import from_dict
@@ -34,7 +34,7 @@ def test_read_nan_uses_header(tmp_path):
 
 
 def _prepare(raw, out, source):
-    cfg = from_dict(PrepareConfig, {"raw_dir": str(raw), "out_dir": str(out), **SMALL, "sources": source, "max_nodata": 0.9})
+    cfg = from_dict(PrepareConfig, {"raw_dir": str(raw), "out_dir": str(out), **SMALL, "sources": small_sources(source), "max_nodata": 0.9})
     return prepare(cfg, log=None)
 
 

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from data_fakes import SMALL, make_raw, write_tif
+from data_fakes import SMALL, make_raw, small_sources, write_tif
 from rasterio.transform import Affine
 
-from mssdf.config import ConfigError, from_dict
+from mssdf.config import ConfigError, from_dict, replace, to_dict
 from mssdf.data.io import DataError, read_raster
-from mssdf.data.prepare import TASKS, PrepareConfig, prepare, read_index
+from mssdf.data.index import read_index
+from mssdf.data.prepare import PrepareConfig, prepare
 from mssdf.data.sample import SampleTiles, load_stats
+from mssdf.data.sources import SOURCES, SourceSettings
 from mssdf.data.stats import band_stats
+from mssdf.data.tasks import TASKS
 from mssdf.data.tiling import split_overlaps
 
 
@@ -132,7 +134,7 @@ def test_random_crop_and_loader(prepared):
 def test_nodata_inputs_filled_and_flagged(tmp_path):
     raw = make_raw(tmp_path / "raw")
     out = tmp_path / "out"
-    prepare(_cfg(raw, out, sources="rotterdam", rotterdam_stride=4, max_nodata=0.5, val_fraction=0.0, test_fraction=0.0), log=None)
+    prepare(_cfg(raw, out, sources=small_sources("rotterdam", rotterdam={"stride": 4}), max_nodata=0.5, val_fraction=0.0, test_fraction=0.0), log=None)
     ds = SampleTiles(out, "pretrain_rotterdam", "train")
     flagged = [i for i in range(len(ds)) if not bool(ds[i]["valid"].all())]
     assert flagged, "the fake has a no-data border in scene 2"
@@ -192,11 +194,11 @@ def test_unknown_label_value(raw, tmp_path):
 def test_all_nodata_scene(raw, tmp_path):
     p = raw / "solaris/sample_geotiff.tif"
     write_tif(p, np.zeros((96, 96), np.uint16), "EPSG:32616", Affine(0.5, 0, 733600.0, 0, -0.5, 3725100.0), nodata=0)
-    _fails(raw, tmp_path, r"sample_geotiff\.tif: every pixel is no data", sources="atlanta")
+    _fails(raw, tmp_path, r"sample_geotiff\.tif: every pixel is no data", sources=small_sources("atlanta"))
 
 
 def test_nodata_heavy_tiles_rejected_and_counted(raw, tmp_path):
-    s = prepare(_cfg(raw, tmp_path / "out", sources="autzen"), log=None)
+    s = prepare(_cfg(raw, tmp_path / "out", sources=small_sources("autzen")), log=None)
     c = s["tiles_per_source"]["autzen"]
     assert c["rejected_nodata"] > 0  # tiles over the no-data gap (NaN heights) are skipped, and counted
     assert c["windows"] == c["rejected_nodata"] + c["dropped_block_border"] + c["train"] + c["val"] + c["test"]
@@ -206,7 +208,7 @@ def test_nodata_heavy_tiles_rejected_and_counted(raw, tmp_path):
 
 def test_failure_keeps_existing_output(raw, tmp_path):
     out = tmp_path / "out"
-    prepare(_cfg(raw, out, sources="lasvegas"), log=None)
+    prepare(_cfg(raw, out, sources=small_sources("lasvegas")), log=None)
     before = (out / "index.csv").read_bytes()
     (raw / "laspy/autzen_trim.laz").write_bytes(b"LASF broken")
     with pytest.raises(DataError, match="autzen_trim.laz"):
@@ -218,8 +220,66 @@ def test_failure_keeps_existing_output(raw, tmp_path):
 def test_unknown_config_key_fails():
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict(PrepareConfig, {"tile_sise": 3})
-    with pytest.raises(ConfigError, match="sources"):
-        from_dict(PrepareConfig, {"sources": "autzen,mars"})
+    with pytest.raises(ConfigError, match=r"prepare\.sources: expected a mapping"):
+        from_dict(PrepareConfig, {"sources": "autzen,ign"}, "prepare")  # the former comma-separated form
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) prepare\.sources\.ign\.tiles"):
+        from_dict(PrepareConfig, {"sources": {"ign": {"tiles": 32}}}, "prepare")
+
+
+# ----------------------------------------------------------------------------- per-source settings
+def test_unknown_source_lists_the_valid_ones():
+    valid = ", ".join(SOURCES)
+    with pytest.raises(ConfigError, match=rf"prepare\.sources: unknown source\(s\) mars; valid sources: {valid}$"):
+        from_dict(PrepareConfig, {"sources": {"autzen": {}, "mars": {"tile": 64}}}, "prepare")
+    with pytest.raises(ConfigError, match=rf"prepare\.sources: no source selected; valid sources: {valid}$"):
+        from_dict(PrepareConfig, {"sources": {}}, "prepare")
+
+
+@pytest.mark.parametrize("source, key", [("atlanta", "res"), ("lasvegas", "res"), ("rotterdam", "min_density"),
+                                         ("autzen", "min_density")])
+def test_key_a_source_does_not_accept(source, key):
+    accepts = ", ".join(SOURCES[source].accepts)
+    with pytest.raises(ConfigError, match=rf"^prepare\.sources\.{source}\.{key}: not a setting of source '{source}' "
+                                          rf"\(it accepts {accepts}\)$"):
+        from_dict(PrepareConfig, {"sources": {"ign": {}, source: {"tile": 64, key: 1.0}}}, "prepare")
+
+
+@pytest.mark.parametrize("block, match", [
+    ({"autzen": {"tile": 4}}, r"prepare\.sources\.autzen\.tile=4, prepare\.sources\.autzen\.stride=16: need tile >= 8"),
+    ({"ign": {"stride": 40}}, r"prepare\.sources\.ign\.tile=32, prepare\.sources\.ign\.stride=40: need"),
+    ({"lasvegas": {"block": 32}}, r"prepare\.sources\.lasvegas\.block=32 must be at least prepare\.sources\.lasvegas\.tile=64"),
+    ({"rotterdam": {"res": 0.0}}, r"prepare\.sources\.rotterdam\.res=0\.0 must be positive"),
+    ({"atlanta": {"tile": "big"}}, r"prepare\.sources\.atlanta\.tile: expected an integer"),
+])
+def test_bad_source_settings_name_their_key(block, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(PrepareConfig, {"sources": block}, "prepare")
+
+
+def test_source_defaults_filled_and_order_kept():
+    cfg = from_dict(PrepareConfig, {"sources": {"lasvegas": {"tile": 128, "block": 256}, "ign": {"stride": 4}}}, "prepare")
+    assert list(cfg.sources) == ["lasvegas", "ign"] == cfg.source_list
+    assert cfg.sources["lasvegas"] == SourceSettings(tile=128, stride=64, block=256)
+    assert cfg.sources["ign"] == SourceSettings(tile=32, stride=4, block=32, res=0.5, min_density=2.0)
+    assert from_dict(PrepareConfig, to_dict(cfg), "prepare") == cfg  # the resolved form builds again, unchanged
+    assert replace(cfg, seed=3).sources == cfg.sources
+    default = PrepareConfig()  # every source, each with its defaults
+    assert list(default.sources) == list(SOURCES)
+    assert all(default.sources[n] == s.defaults for n, s in SOURCES.items())
+    assert default.sources["autzen"] == SourceSettings(res=1.0, tile=64, stride=16, block=96)
+    assert default.sources["atlanta"] == SourceSettings(tile=64, stride=64, block=128)  # native grid: no res
+
+
+def test_summary_holds_resolved_source_settings(prepared):
+    out, summary, _ = prepared
+    on_disk = json.loads((out / "summary.json").read_text())["config"]["sources"]
+    assert on_disk == summary["config"]["sources"]  # (summary.json sorts its keys)
+    assert list(summary["config"]["sources"]) == list(SMALL["sources"])
+    # the SMALL ign block sets no res: the source's default is filled in
+    assert on_disk["ign"] == {"tile": 16, "stride": 8, "block": 16, "res": 0.5, "min_density": 1.0}
+    assert on_disk["autzen"] == {"tile": 16, "stride": 8, "block": 16, "res": 1.0, "min_density": None}
+    assert on_disk["atlanta"] == {"tile": 32, "stride": 16, "block": 32, "res": None, "min_density": None}
+    assert {r["res_m"] for r in read_index(out) if r["source"] == "ign"} == {0.5}
 
 
 # ----------------------------------------------------------------------------- random crops
@@ -258,7 +318,7 @@ def test_random_crops_differ_between_workers_and_repeat(prepared):
 def test_stats_count_each_train_pixel_once(tmp_path):
     raw = make_raw(tmp_path / "raw")
     out = tmp_path / "out"
-    prepare(_cfg(raw, out, sources="rotterdam", rotterdam_stride=4, max_nodata=0.5, val_fraction=0.25, test_fraction=0.25), log=None)
+    prepare(_cfg(raw, out, sources=small_sources("rotterdam", rotterdam={"stride": 4}), max_nodata=0.5, val_fraction=0.25, test_fraction=0.25), log=None)
     rows = [r for r in read_index(out) if r["task"] == "pretrain_rotterdam"]
     train = [r for r in rows if r["split"] == "train"]
     assert train and len({(r["scene"], r["row"], r["col"]) for r in train}) == len(train)
@@ -303,12 +363,12 @@ def test_running_stats_union_of_overlapping_windows():
 
 # ----------------------------------------------------------------------------- rows from TaskSpec, padding
 def test_index_rows_follow_taskspec(prepared, monkeypatch):
-    from mssdf.data import prepare as P
+    from mssdf.data import tasks as T
 
     out, _, _ = prepared
     for r in read_index(out):
         spec = TASKS[r["task"]]
-        expect = {*spec.inputs, *P.EXTRA_FILES.get(spec.source, ()), *(k for k, _ in spec.target_files)}
+        expect = {*spec.inputs, *T.EXTRA_FILES.get(spec.source, ()), *(k for k, _ in spec.target_files)}
         assert set(r["files"]) == expect, r["task"]
         for key, fname in spec.target_files:
             assert r["files"][key].endswith("/" + fname)
@@ -320,13 +380,12 @@ def test_index_rows_follow_taskspec(prepared, monkeypatch):
     assert tasks["height"]["target_files"] == {"height": "ndsm.tif"}
 
     # a new task declared only in TASKS gets its rows, files and label with no other change
-    spec = P.TaskSpec("lasvegas", ("pan",), ("label",), "real", ("background", "road"), "copy",
+    spec = T.TaskSpec("lasvegas", ("pan",), ("label",), "real", ("background", "road"), "copy",
                       target_files=(("label", "label.tif"),))
-    monkeypatch.setitem(P.TASKS, "seg_roads_copy", spec)
-    monkeypatch.setitem(P.SOURCE_TASKS, "lasvegas", [*P.SOURCE_TASKS["lasvegas"], "seg_roads_copy"])
+    monkeypatch.setitem(T.TASKS, "seg_roads_copy", spec)
     raw = prepared[2]
     out2 = out.parent / "out_copy"
-    prepare(_cfg(raw, out2, sources="lasvegas"), log=None)
+    prepare(_cfg(raw, out2, sources=small_sources("lasvegas")), log=None)
     rows = read_index(out2)
     a = sorted((r["tile"], r["files"]["label"]) for r in rows if r["task"] == "seg_roads")
     b = sorted((r["tile"], r["files"]["label"]) for r in rows if r["task"] == "seg_roads_copy")
@@ -338,7 +397,7 @@ def test_index_rows_follow_taskspec(prepared, monkeypatch):
 def test_scene_smaller_than_tile_is_padded(tmp_path):
     raw = make_raw(tmp_path / "raw", lasvegas_px=28)
     out = tmp_path / "out"
-    s = prepare(_cfg(raw, out, sources="lasvegas", val_fraction=0.0, test_fraction=0.0), log=None)
+    s = prepare(_cfg(raw, out, sources=small_sources("lasvegas"), val_fraction=0.0, test_fraction=0.0), log=None)
     assert s["tiles_per_source"]["lasvegas"]["windows"] == 1  # one padded window (the readers' rule too)
     (row,) = [r for r in read_index(out) if r["task"] == "seg_roads"]
     assert row["nodata_frac"] == round(1 - 28 * 28 / 32 / 32, 4)

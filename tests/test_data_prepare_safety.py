@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from data_fakes import SMALL, make_raw
+from data_fakes import SMALL, make_raw, small_sources
 
 from mssdf.config import from_dict
 from mssdf.data.io import DataError
-from mssdf.data.prepare import MARKER, PrepareConfig, check_out_dir, prepare, read_index
+from mssdf.data.index import read_index
+from mssdf.data.prepare import MARKER, PrepareConfig, check_out_dir, prepare, remove_leftovers, work_dir
 
 
 def _cfg(raw, out, **kw):
-    return from_dict(PrepareConfig, {"raw_dir": str(raw), "out_dir": str(out), **SMALL, "sources": "lasvegas", **kw})
+    return from_dict(PrepareConfig, {"raw_dir": str(raw), "out_dir": str(out), **SMALL, "sources": small_sources("lasvegas"), **kw})
 
 
 @pytest.fixture()
@@ -111,10 +118,115 @@ def test_previews_written_before_swap(raw, tmp_path):
         seen["summary"] = json.loads((folder / MARKER).read_text())  # complete when the hook runs
         seen["figs"] = preview.write_previews(folder, ["atlanta"])
 
-    prepare(_cfg(raw, out, sources="atlanta"), log=None, before_swap=hook)
+    prepare(_cfg(raw, out, sources=small_sources("atlanta")), log=None, before_swap=hook)
     assert seen["folder"] != out and not seen["folder"].exists()
-    assert seen["summary"]["config"]["sources"] == "atlanta"
+    assert list(seen["summary"]["config"]["sources"]) == ["atlanta"]
     assert sorted(seen["figs"]) == sorted(preview.PREVIEW_FILES)
     for name in preview.PREVIEW_FILES:
         assert (out / "previews" / f"{name}.png").stat().st_size > 0
     assert read_index(out)
+
+
+# ----------------------------------------------------------------------------- crash leftovers
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _leftovers(folder, name="out"):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(f".{name}.tmp-") or p.name.startswith(f".{name}.old-"))
+
+
+def test_work_folders_name_host_and_pid(tmp_path):
+    out = tmp_path / "prepared"
+    tmp = work_dir(out, "tmp")
+    assert tmp.parent == tmp_path and tmp.name.startswith(".prepared.tmp-") and tmp.name.endswith(f"-{os.getpid()}")
+    assert work_dir(out, "old", host="h-1.lan", pid=7).name == ".prepared.old-h-1.lan-7"
+
+
+def test_stale_work_folders_removed_live_and_foreign_kept(raw, tmp_path):
+    out = tmp_path / "out"
+    dead = _dead_pid()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = [work_dir(out, "tmp", pid=dead), work_dir(out, "old", pid=dead)]
+        kept = [
+            work_dir(out, "tmp", pid=sleeper.pid),  # a live run on this host
+            work_dir(out, "old", pid=os.getppid()),
+            work_dir(out, "tmp", host="another-host", pid=dead),  # another host's run: its pids mean nothing here
+            work_dir(out, "old", host="another-host", pid=dead),
+            work_dir(tmp_path / "outer", "tmp", pid=dead),  # another output's folder
+            tmp_path / ".out.tmp-nopid", tmp_path / ".out.tmp-", tmp_path / ".out.backup", tmp_path / ".cache",
+            tmp_path / f"out.tmp-{work_dir(out, 'tmp', pid=dead).name.split('.tmp-')[1]}",  # no leading dot
+        ]
+        for p in stale + kept:
+            p.mkdir()
+            (p / "file").write_text("x")
+        prepare(_cfg(raw, out), log=None)
+        assert [p.name for p in stale if p.exists()] == []
+        assert all((p / "file").is_file() for p in kept)
+        assert (out / MARKER).is_file() and read_index(out)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_pid_of_another_user_counts_as_alive(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    folder = work_dir(out, "tmp", pid=_dead_pid())
+    folder.mkdir()
+
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", kill)
+    assert remove_leftovers(out) == [] and folder.is_dir()
+
+
+def test_run_killed_between_renames_gets_previous_output_back(raw, tmp_path):
+    out = tmp_path / "out"
+    prepare(_cfg(raw, out), log=None)
+    before = (out / "index.csv").read_bytes()
+    dead = _dead_pid()
+    old, tmp = work_dir(out, "old", pid=dead), work_dir(out, "tmp", pid=dead)
+    os.replace(out, old)  # the state after the first of the swap's two renames
+    tmp.mkdir()
+    remove_leftovers(out)
+    assert (out / "index.csv").read_bytes() == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_sigkilled_run_leaves_nothing_for_the_next(raw, tmp_path):
+    out = tmp_path / "out"
+    prepare(_cfg(raw, out), log=None)
+    before = (out / "index.csv").read_bytes()
+    # a run that hangs once its temporary folder is complete (before the swap), then gets SIGKILL
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from data_fakes import SMALL, small_sources\n"
+        "from mssdf.config import from_dict\n"
+        "from mssdf.data.prepare import PrepareConfig, prepare\n"
+        f"cfg = from_dict(PrepareConfig, {{**SMALL, 'raw_dir': {str(raw)!r}, 'out_dir': {str(out)!r}, "
+        "'sources': small_sources('lasvegas'), 'seed': 1})\n"
+        "prepare(cfg, log=None, before_swap=lambda folder: time.sleep(600))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while not any((p / MARKER).is_file() for p in tmp_path.glob(".out.tmp-*")):
+            assert proc.poll() is None, "the preparation ended before it was killed"
+            assert time.monotonic() < deadline, "no temporary folder appeared"
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert _leftovers(tmp_path) == [work_dir(out, "tmp", pid=proc.pid).name]  # left behind for good
+    assert (out / "index.csv").read_bytes() == before  # the previous output is untouched
+
+    summary = prepare(_cfg(raw, out, seed=1), log=None)
+    assert _leftovers(tmp_path) == []
+    assert json.loads((out / MARKER).read_text()) == summary and summary["config"]["seed"] == 1
+    rows = read_index(out)
+    assert rows and all((out / rel).is_file() for r in rows for rel in r["files"].values())

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from mssdf.data.fetch import check_manifest
-from mssdf.data.prepare import TASKS, PrepareConfig, prepare, read_index
+from mssdf.data.index import read_index
+from mssdf.data.prepare import PrepareConfig, prepare
 from mssdf.data.sample import SampleTiles
+from mssdf.data.sources import SourceSettings
+from mssdf.data.tasks import TASKS
 from mssdf.data.tiling import split_overlaps
 from mssdf.paths import resolve
 
@@ -20,8 +23,9 @@ RAW = resolve("data/raw")
 @pytest.mark.skipif(not (RAW / "MANIFEST.json").is_file(), reason="data/raw not fetched: run `make setup` or `python -m mssdf.data.fetch --out data/raw`")
 def test_prepare_real_sample(tmp_path):
     assert check_manifest(RAW) == [], "data/raw differs from its manifest: re-run the fetch"
-    cfg = PrepareConfig(raw_dir=str(RAW), out_dir=str(tmp_path / "prepared"), autzen_stride=32, ign_stride=16,
-                        lasvegas_tile=128, lasvegas_stride=128, lasvegas_block=256, build_cache=True)
+    sources = {"autzen": SourceSettings(stride=32), "ign": SourceSettings(stride=16), "rotterdam": SourceSettings(),
+               "atlanta": SourceSettings(), "lasvegas": SourceSettings(tile=128, stride=128, block=256)}
+    cfg = PrepareConfig(raw_dir=str(RAW), out_dir=str(tmp_path / "prepared"), sources=sources, build_cache=True)
     summary = prepare(cfg, log=None)
     out = tmp_path / "prepared"
     rows = read_index(out)

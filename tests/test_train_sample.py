@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mssdf.data.prepare import PrepareConfig, prepare
+from mssdf.data.sources import SourceSettings
 from mssdf.paths import repo_root
 from mssdf.pretrain import build_config, pretrain
 
@@ -15,7 +16,7 @@ RAW = repo_root(__file__) / "data" / "raw"
 @pytest.mark.skipif(not (RAW / "laspy" / "autzen_trim.laz").exists(), reason="data/raw not fetched (make setup fetches it)")
 def test_a_few_steps_on_the_real_sample_reduce_the_loss(tmp_path):
     root = tmp_path / "prepared"
-    prepare(PrepareConfig(raw_dir=str(RAW), out_dir=str(root), sources="autzen", build_cache=True), root=repo_root(__file__), log=None)
+    prepare(PrepareConfig(raw_dir=str(RAW), out_dir=str(root), sources={"autzen": SourceSettings()}, build_cache=True), root=repo_root(__file__), log=None)
     torch.manual_seed(0)
     cfg = build_config({
         "profile": "smoke",

@@ -27,8 +27,9 @@ from torch.utils.data import Dataset
 
 from mssdf.config import ConfigError
 from mssdf.data.io import DataError, read_raster
-from mssdf.data.prepare import TASKS, read_index
+from mssdf.data.index import read_index
 from mssdf.data.readers.base import detection_collate
+from mssdf.data.tasks import TASKS
 from mssdf.data.tiling import SPLITS
 from mssdf.modalities import CHANNELS, DSM_SOURCES, file_key
 
@@ -54,7 +55,7 @@ class SampleTiles(Dataset):
 
     Args:
         root: the prepared folder (e.g. ``data/prepared``).
-        task: one of :data:`mssdf.data.prepare.TASKS` (``pretrain_autzen``, ``seg_roads``, ...).
+        task: one of :data:`mssdf.data.tasks.TASKS` (``pretrain_autzen``, ``seg_roads``, ...).
         split: ``train``, ``val`` or ``test``.
         modalities: input keys to return (default: the task's inputs). ``dsm`` for the
             lidar sources is the absolute DSM unless ``dsm_source="ndsm"``.

@@ -65,7 +65,7 @@ class DataConfig:
     stats_samples: int = 64  # kind reader: samples used to estimate band statistics
 
     def __post_init__(self) -> None:
-        from mssdf.data.prepare import TASKS
+        from mssdf.data.tasks import TASKS
 
         if self.kind == "tiles" and self.task not in TASKS:
             raise ConfigError(f"data.task: unknown task {self.task!r}; choose from {sorted(TASKS)}")
@@ -105,7 +105,7 @@ class DataConfig:
             return self.modalities
         if self.kind == "synthetic":
             return ("rgb", "dsm")
-        from mssdf.data.prepare import TASKS
+        from mssdf.data.tasks import TASKS
 
         return TASKS[self.task].inputs
 

@@ -115,7 +115,8 @@ def check_data(cfg: PretrainConfig, root: str | Path | None = None) -> Path | No
     for name in ("index.csv", "stats.json"):
         if not (folder / name).is_file():
             raise DataError(f"data.root: {folder / name}: missing (run the preparation first)")
-    from mssdf.data.prepare import TASKS, read_index
+    from mssdf.data.index import read_index
+    from mssdf.data.tasks import TASKS
 
     source = TASKS[cfg.data.task].source
     rows = [r for r in read_index(folder) if r["task"] == cfg.data.task and r["split"] == cfg.data.split]

@@ -21,6 +21,7 @@ import yaml
 
 from mssdf.weights.native import load_pretrained
 from mssdf.data.prepare import PrepareConfig, prepare
+from mssdf.data.sources import SourceSettings
 from mssdf.data.sample import SampleTiles
 from mssdf.model import MSSDF, Encoder
 from mssdf.paths import repo_root, resolve
@@ -60,7 +61,7 @@ def ensure_prepared(root: str | Path, sources: str, raw_dir: str = "data/raw") -
     """Prepare the sample into ``root`` unless it already holds a prepared index."""
     path = resolve(root)
     if not (path / "index.csv").exists():
-        prepare(PrepareConfig(raw_dir=raw_dir, out_dir=str(root), sources=sources), log=None)
+        prepare(PrepareConfig(raw_dir=raw_dir, out_dir=str(root), sources={s.strip(): SourceSettings() for s in sources.split(",") if s.strip()}), log=None)
     return path
 
 
@@ -125,7 +126,7 @@ def probe_encoders(encoders: Mapping[str, Encoder], root: str | Path, cfg: Pretr
         ``score``, with the probe's other figures and sample counts (a NaN score and a
         ``note`` where a split has no tiles).
     """
-    from mssdf.data.prepare import TASKS
+    from mssdf.data.tasks import TASKS
 
     root = resolve(root)
     m = cfg.probe_modality

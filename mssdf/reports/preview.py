@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from mssdf.data.io import IGNORE_INDEX, read_raster
-from mssdf.data.prepare import TASKS, read_index
+from mssdf.data.index import read_index
+from mssdf.data.tasks import TASKS
 from mssdf.data.tiling import SPLITS
 from mssdf.reports.plots import stretch
 
@@ -47,7 +48,7 @@ def scene_previews(out: str | Path, sources: list[str]):
                    ("Autzen nDSM = height target (m)", _scene(out, "autzen", "autzen", "ndsm")[0], {"cmap": "viridis", "bar": True})]
     if "ign" in sources:
         ms = _scene(out, "ign", "ign", "ms")  # B, G, R, NIR
-        res = float(json.loads((out / "summary.json").read_text())["config"]["ign_res"]) if (out / "summary.json").exists() else 0.5
+        res = float(json.loads((out / "summary.json").read_text())["config"]["sources"]["ign"]["res"]) if (out / "summary.json").exists() else 0.5
         panels += [("IGN RGB", stretch(_scene(out, "ign", "ign", "rgb"), 0, 100), {}),
                    ("IGN false colour (NIR, R, G)", stretch(ms[[3, 2, 1]]), {}),
                    ("IGN DSM hillshade", hillshade(_scene(out, "ign", "ign", "dsm")[0], res), {"cmap": "gray"}),
