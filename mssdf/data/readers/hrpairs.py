@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from mssdf.config import ConfigError
-from mssdf.data.io import DataError, RasterInfo, check_aligned
+from mssdf.data.io import DataError, RasterInfo, check_aligned, nodata_to_nan
 from mssdf.data.readers.base import (
     ReaderDataset,
     Sample,
@@ -41,7 +41,6 @@ from mssdf.data.readers.base import (
     check_same_size,
     fill_heights,
     header,
-    nodata_to_nan,
     pad_to,
     read_grey,
     read_image,

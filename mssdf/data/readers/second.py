@@ -31,9 +31,8 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from mssdf.data.io import DataError
+from mssdf.data.io import IGNORE_INDEX, DataError
 from mssdf.data.readers.base import (
-    IGNORE_INDEX,
     ReaderDataset,
     Sample,
     check_choice,

@@ -16,9 +16,8 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from mssdf.config import ConfigError
-from mssdf.data.io import DataError, RasterInfo, check_aligned
+from mssdf.data.io import DataError, IGNORE_INDEX, RasterInfo, check_aligned, nodata_to_nan
 from mssdf.data.readers.base import (
-    IGNORE_INDEX,
     ReaderDataset,
     Sample,
     Window,
@@ -27,7 +26,6 @@ from mssdf.data.readers.base import (
     check_fraction,
     fill_heights,
     header,
-    nodata_to_nan,
     pad_to,
     read_grey,
     read_image,

@@ -30,16 +30,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from mssdf.data.io import DataError, RasterInfo, check_aligned, check_same_extent
+from mssdf.data.io import DataError, IGNORE_INDEX, RasterInfo, check_aligned, check_same_extent, nodata_to_nan
 from mssdf.data.readers.base import (
-    IGNORE_INDEX,
     ReaderDataset,
     Sample,
     check_choice,
     check_same_size,
     check_subset,
     header,
-    nodata_to_nan,
     read_image,
     to_tensor,
 )
