@@ -405,12 +405,16 @@ def generate_masks(
     if config.mode == "random":
         ref = random_mask(b, gh * gw, config.ratio, first.device, generator)
     else:
-        scores = information_scores(
-            images, patch, config.modality_weights, config.normalize_scores, config.chunk_size, config.variance_of
-        )
+        scores = mask_scores(images, patch, config)
         ref = information_aware_mask(scores, config.ratio, config.weights, config.quantiles, generator)
     p = config.substitution(epoch) if config.cross_modal else 0.0
     return cross_modal_masks(ref, keys, ref_key, p, generator)
+
+
+def mask_scores(images: Mapping[str, Tensor], patch: int, config: MaskingConfig) -> Tensor:
+    """``(B, N)`` the information scores :func:`generate_masks` ranks under ``config``."""
+    return information_scores(images, patch, config.modality_weights, config.normalize_scores, config.chunk_size,
+                              config.variance_of)
 
 
 def visible_indices(mask: Tensor) -> Tensor:

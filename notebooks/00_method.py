@@ -41,8 +41,9 @@ from mssdf.config import from_dict, to_dict
 from mssdf.data.lidar import rasterise, read_las
 from mssdf.data.readers.base import fill_heights
 from mssdf.losses import LossConfig, info_nce, linear_cka, linear_hsic, mssdf_loss
-from mssdf.masking import generate_masks, information_scores, patch_scores, score_weights
-from mssdf.reports.method import MethodReportConfig, cross_modal_statistics, densest_window, masking_frequency_by_band
+from mssdf.masking import generate_masks, mask_scores, patch_scores, score_weights
+from mssdf.reports.method import (MethodReportConfig, cross_modal_statistics, densest_window, masking_frequency_by_band,
+                                  variance_rule_band_changes)
 from mssdf.model import MSSDF, PRESETS, NormStats, model_config
 from mssdf.paths import resolve
 from mssdf.reports.plots import mask_overlay, patch_grid, to_display
@@ -82,7 +83,8 @@ plt.show()
 # %% [markdown]
 # ## 2. Information-aware masking
 #
-# Per patch: mean Sobel gradient magnitude + variance of the grey patch, **on raw values**
+# Per patch: mean Sobel gradient magnitude of the grey patch + variance of **all** the
+# patch's values across its bands (the authors' rule, `variance_of: bands`), **on raw values**
 # (colours 0–255, heights in metres). With `normalize_scores` each modality's scores are
 # divided by their per-sample mean before they are added, so metres and colour levels weigh
 # alike. Patches below the 20th percentile get weight 0.8, above the 80th 0.3, the rest 0.5;
@@ -90,8 +92,8 @@ plt.show()
 
 # %%
 m = cfg.masking
-per_modality = {k: patch_scores(v, cfg.patch, k)[0] for k, v in images.items()}
-scores = information_scores(images, cfg.patch, m.modality_weights, m.normalize_scores)
+per_modality = {k: patch_scores(v, cfg.patch, k, variance_of=m.variance_of)[0] for k, v in images.items()}
+scores = mask_scores(images, cfg.patch, m)
 weights = score_weights(scores, m.weights, m.quantiles)[0]
 mask = generate_masks(images, cfg.patch, m, epoch=0, generator=torch.Generator().manual_seed(cfg.seed))["rgb"][0]
 fig, ax = plt.subplots(1, 5, figsize=(20, 4))
@@ -102,6 +104,19 @@ ax[3].imshow(patch_grid(weights, grid), cmap="coolwarm", vmin=0.3, vmax=0.8); ax
 ax[4].imshow(mask_overlay(to_display(rgb, "rgb"), mask, grid)); ax[4].set_title(f"one mask ({int(mask.sum())}/{mask.numel()} hidden)")
 for a in ax: a.axis("off")
 plt.show()
+
+# %% [markdown]
+# **Variance term over all bands (the authors' rule).** The variance of the grey patch alone
+# is kept as `variance_of: grey`. The choice matters only for multi-band modalities, where
+# colour contrast counts as information under `bands` but not under `grey` (a flat pure-red
+# patch scores 14450 against 0; `tests/test_masking.py`). On this tile, the share of patches
+# whose score band changes between the two rules — for each modality's own score and for the
+# combined score masking ranks (Autzen's lidar colours are pale; saturated synthetic colour
+# images change 40–60%):
+
+# %%
+band_changes = variance_rule_band_changes(images, cfg.patch, m)
+pd.Series(band_changes).to_frame("patches changing band, bands vs grey").style.format("{:.1%}")
 
 # %% [markdown]
 # Over many draws, flat patches must be hidden more often than detailed ones, and our
@@ -217,7 +232,8 @@ pd.Series({k: v.item() for k, v in terms.items()} | {"total": total.item()}).to_
 metrics = {
     "masking": {"ratio": m.ratio, "masked_per_sample": int(mask.sum()),
                 "frequency_low": float(freq["ours"][0]), "frequency_mid": float(freq["ours"][1]), "frequency_high": float(freq["ours"][2]),
-                "reference_low": float(freq["reference"][0]), "reference_high": float(freq["reference"][2])},
+                "reference_low": float(freq["reference"][0]), "reference_high": float(freq["reference"][2]),
+                "band_change_bands_vs_grey": band_changes},
     "cross_modal": {f"p{r['p']}": r["swapped_share_mean"] for r in xstats.to_dict("records")},
     "initial_loss": {k: float(v) for k, v in terms.items()},
 }
@@ -229,6 +245,7 @@ print(json.dumps(metrics, indent=2))
 #
 # | topic | the authors' code | `mssdf` |
 # |---|---|---|
+# | variance term of the score | variance of all the patch's band values | the same by default (`variance_of: bands`); the grey patch's variance as an option |
 # | mask input | ImageNet-normalised tensors cast to uint8 | raw values (0–255 colours, metres), per-modality score normalisation optional |
 # | masked count | varies after the cross-modal step | exactly `int(N·ratio)` per sample and modality |
 # | cross-modal step | only adds masked patches to modality 2 | count-preserving swaps with probability `p` |

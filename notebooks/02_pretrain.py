@@ -50,7 +50,7 @@ from IPython.display import display
 
 from mssdf.config import from_dict, to_dict
 from mssdf.data.sample import SampleTiles
-from mssdf.masking import information_scores
+from mssdf.masking import mask_scores
 from mssdf.paths import resolve
 from mssdf.reports.plots import mask_overlay, patch_grid, pca_rgb, to_display
 from mssdf.weights.native import load_pretrained
@@ -111,7 +111,7 @@ images = {m: torch.stack([torch.as_tensor(t[m]) for t in tiles]).float() for m i
 patch = model.cfg.patch_size
 grid = (images[run.data.modality_names[0]].shape[-2] // patch, images[run.data.modality_names[0]].shape[-1] // patch)
 masks = step_masks(images, patch, run.masking, epoch=run.epochs - 1, seed=run.seed, step=0, first_index=0, group=len(tiles))
-scores = information_scores(images, patch, run.masking.modality_weights, run.masking.normalize_scores)
+scores = mask_scores(images, patch, run.masking)
 keys = list(images)
 fig, ax = plt.subplots(len(tiles), 2 + len(keys), figsize=(3.2 * (2 + len(keys)), 3.2 * len(tiles)), squeeze=False)
 for i in range(len(tiles)):

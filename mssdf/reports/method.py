@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from mssdf import reference
-from mssdf.masking import MaskingConfig, cross_modal_masks, information_aware_mask, score_weights
+from mssdf.config import replace
+from mssdf.masking import MaskingConfig, cross_modal_masks, information_aware_mask, mask_scores, score_weights
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,18 @@ def band_of(scores: Tensor, quantiles: tuple[float, float]) -> Tensor:
     """``(B, N)`` scores → ``(B, N)`` band index: 0 low, 1 middle, 2 high (as the weights use them)."""
     w = score_weights(scores, (0.0, 1.0, 2.0), quantiles)  # weights double as band labels
     return w.round().long()
+
+
+def variance_rule_band_changes(images: dict[str, Tensor], patch: int, cfg: MaskingConfig) -> dict[str, float]:
+    """Share of patches whose score band (low / middle / high) differs between the two
+    variance rules (``variance_of: bands`` — the authors' — and ``grey``), per modality's
+    own score and for the combined score masking ranks; ``(B, C, H, W)`` images."""
+    rules = {rule: replace(cfg, variance_of=rule) for rule in ("bands", "grey")}
+    out = {}
+    for name, subset in [*((k, {k: v}) for k, v in images.items()), ("combined", images)]:
+        bands = [band_of(mask_scores(subset, patch, c), cfg.quantiles) for c in rules.values()]
+        out[name] = float((bands[0] != bands[1]).float().mean())
+    return out
 
 
 def masking_frequency_by_band(scores: Tensor, cfg: MaskingConfig, draws: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -5,11 +5,15 @@
     timm_export   any modality's encoder → a timm ``VisionTransformer`` (state dict or files)
 """
 
-from mssdf.weights.authors import CheckpointError, load_authors_checkpoint
+from mssdf.weights.authors import (
+    AuthorsCheckpointWarning, AuthorsLoadReport, CheckpointError, load_authors_checkpoint,
+    load_authors_checkpoint_with_report,
+)
 from mssdf.weights.native import load_config, load_pretrained, save_pretrained
 from mssdf.weights.timm_export import export_timm, timm_kwargs, to_timm, to_timm_state_dict
 
 __all__ = [
-    "CheckpointError", "load_authors_checkpoint", "load_config", "load_pretrained", "save_pretrained",
+    "AuthorsCheckpointWarning", "AuthorsLoadReport", "CheckpointError", "load_authors_checkpoint",
+    "load_authors_checkpoint_with_report", "load_config", "load_pretrained", "save_pretrained",
     "export_timm", "timm_kwargs", "to_timm", "to_timm_state_dict",
 ]
