@@ -64,3 +64,18 @@ def test_imports_follow_the_layers():
 def test_layering_check_sees_a_violation():
     assert part("mssdf.reports.plots") not in ALLOWED["engine"]
     assert "mssdf.reports.plots" in imported_modules("def f():\n    from mssdf.reports import plots\n")
+
+
+def test_every_module_imports():
+    # a name dropped from one module while another still imports it fails here, not in a stage
+    import importlib
+
+    failed = []
+    for name, _ in _modules():
+        if name.endswith("__main__"):
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - reported by name
+            failed.append(f"{name}: {type(err).__name__}: {err}")
+    assert not failed, "\n".join(failed)
