@@ -61,7 +61,6 @@ Run: ``python benchmarks/bench_masking.py [--threads 1] [--json out.json]``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -103,6 +102,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from _common import save_figures  # noqa: E402
 from mssdf import masking, reference  # noqa: E402
 
 
@@ -446,10 +446,7 @@ def main(args: argparse.Namespace) -> dict:
 
     out["env"]["loadavg_end"] = os.getloadavg()[0]
     print(f"\nload average at the end: {out['env']['loadavg_end']:.2f}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
-        print(f"\nfigures written to {args.json}")
+    save_figures(out, args.json)
     return out
 
 

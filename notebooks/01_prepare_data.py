@@ -26,14 +26,13 @@
 # keys left out take the defaults of `mssdf.data.prepare.PrepareConfig`).
 
 # %% tags=["parameters"]
-# Parameters: DVC runs `papermill ... -f params.yaml`, which replaces this dict with the
-# `prepare:` section of params.yaml. The defaults are a cheap smoke run into scratch/.
+# Parameters: DVC (`python -m mssdf.reports.execute ... --sections prepare`) replaces this
+# dict with the `prepare:` section of params.yaml. The defaults are a cheap smoke run into
+# scratch/: every source, with sparser windows on the two lidar strips.
 prepare = {
     "raw_dir": "data/raw",
     "out_dir": "scratch/prepare",
-    "sources": "autzen,ign,rotterdam,atlanta,lasvegas",
-    "autzen_stride": 32,
-    "ign_stride": 16,
+    "sources": {"autzen": {"stride": 32}, "ign": {"stride": 16}, "rotterdam": {}, "atlanta": {}, "lasvegas": {}},
 }
 
 # %%
@@ -42,8 +41,9 @@ from IPython.display import display
 
 from mssdf.config import from_dict, to_dict
 from mssdf.reports import preview
-from mssdf.data.prepare import TASKS, PrepareConfig
+from mssdf.data.prepare import PrepareConfig
 from mssdf.data.prepare import prepare as run_prepare
+from mssdf.data.tasks import TASKS
 from mssdf.paths import resolve
 
 # The parameters above become a typed config: an unknown or mistyped key fails here.

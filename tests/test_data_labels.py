@@ -93,14 +93,30 @@ def test_synthetic_change_without_objects_is_no_change():
 
 
 def test_one_ignore_index():
-    from mssdf.data import io, labels
-    from mssdf.data.readers import IGNORE_INDEX as readers_ignore
-    from mssdf.data.readers import base, colors
+    # one owner: only mssdf.data.io defines the ignore label; every other module imports it
+    import ast
+    from pathlib import Path
 
-    assert io.IGNORE_INDEX == 255
-    assert labels.IGNORE is io.IGNORE_INDEX and base.IGNORE_INDEX is io.IGNORE_INDEX and readers_ignore is io.IGNORE_INDEX
+    from mssdf.data import io
+    from mssdf.data.readers import IGNORE_INDEX as readers_ignore
+    from mssdf.data.readers import colors
+
+    assert io.IGNORE_INDEX == 255 and readers_ignore is io.IGNORE_INDEX
+    package = Path(io.__file__).resolve().parents[1]
+    owners = []
+    for path in package.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            value = getattr(node, "value", None)
+            for t in targets:
+                # a module-level IGNORE* name bound to a literal or an alias of another name
+                if isinstance(t, ast.Name) and t.id.startswith("IGNORE") and isinstance(value, (ast.Constant, ast.Name)):
+                    owners.append(f"{path.relative_to(package)}:{t.id}")
+    assert owners == ["data/io.py:IGNORE_INDEX"], owners
     assert colors.ColorPalette.__dataclass_fields__["ignore_index"].default == io.IGNORE_INDEX
-    assert base.nodata_to_nan is io.nodata_to_nan  # the readers use the same no-data rule
+    from mssdf.data.readers import hrpairs, tiles, us3d
+
+    assert hrpairs.nodata_to_nan is tiles.nodata_to_nan is us3d.nodata_to_nan is io.nodata_to_nan  # one no-data rule
 
 
 def test_one_band_count_check(tmp_path):

@@ -4,8 +4,8 @@ import torch
 
 from conftest import batch, micro_config
 from mssdf.model import MSSDF
+from mssdf.data.io import IGNORE_INDEX
 from mssdf.reports.probe import (
-    IGNORE,
     linear_classification_probe,
     patch_features,
     patch_labels,
@@ -15,11 +15,11 @@ from mssdf.reports.probe import (
 
 
 def test_patch_labels_majority_and_ignore():
-    label = torch.full((1, 4, 4), IGNORE)
-    label[0, :2, :2] = torch.tensor([[1, 1], [2, IGNORE]])  # patch 0: majority 1
+    label = torch.full((1, 4, 4), IGNORE_INDEX)
+    label[0, :2, :2] = torch.tensor([[1, 1], [2, IGNORE_INDEX]])  # patch 0: majority 1
     label[0, 2:, 2:] = 0  # patch 3: all 0
     out = patch_labels(label, 2, num_classes=3)
-    assert out.tolist() == [[1, IGNORE, IGNORE, 0]]
+    assert out.tolist() == [[1, IGNORE_INDEX, IGNORE_INDEX, 0]]
 
 
 def test_patch_means_skip_nan():

@@ -17,7 +17,6 @@ from scipy import ndimage
 
 from mssdf.data.io import IGNORE_INDEX, DataError
 
-IGNORE = IGNORE_INDEX  # the package-wide ignore label (mssdf.data.io.IGNORE_INDEX)
 
 # ASPRS / LAS 1.4 codes -> training ids (what the IGN sample's classes become).
 ASPRS_CLASSES: dict[int, tuple[int, str]] = {
@@ -121,7 +120,7 @@ def map_asprs(
     """(H, W) LAS class codes -> uint8 training ids (255 = ignore); unknown codes raise."""
     lut = np.full(256, -1, np.int16)
     for code in ignore:
-        lut[code] = IGNORE
+        lut[code] = IGNORE_INDEX
     for code, (idx, _) in classes.items():
         lut[code] = idx
     out = lut[cls.astype(np.uint8)]
@@ -139,7 +138,7 @@ def fraction_class(fraction: np.ndarray | float, edges: Sequence[float]) -> np.n
 def dominant_class(label: np.ndarray, n_classes: int, min_valid: float = 0.1) -> int:
     """DERIVED scene class: the most frequent non-ignored class of ``label`` (H, W), or
     -1 if fewer than ``min_valid`` of the pixels are labelled."""
-    valid = label[label != IGNORE].astype(np.int64)
+    valid = label[label != IGNORE_INDEX].astype(np.int64)
     if valid.size < min_valid * label.size or valid.size == 0:
         return -1
     return int(np.bincount(valid, minlength=n_classes).argmax())

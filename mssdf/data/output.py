@@ -18,7 +18,7 @@ from mssdf.atomic import atomic_write_text
 from mssdf.config import to_dict
 from mssdf.data import labels as L
 from mssdf.data.index import write_index
-from mssdf.data.io import DataError
+from mssdf.data.io import IGNORE_INDEX, DataError
 from mssdf.data.sources import SOURCES, Scene, split_seed
 from mssdf.data.stats import RunningStats
 from mssdf.data.tasks import EXTRA_FILES, TASKS, source_tasks, tile_needs
@@ -124,7 +124,7 @@ def _write_tile(cfg: PrepareConfig, sc: Scene, r: int, c: int, size: int, split:
     rel = f"tiles/{source}/{name}"
     tf = _tile_transform(sc.transform, r, c)
     # windows past the scene border (scenes smaller than a tile) are padded with no data
-    tile = {k: crop_padded(v, r, c, size, np.nan if np.issubdtype(v.dtype, np.floating) else L.IGNORE)
+    tile = {k: crop_padded(v, r, c, size, np.nan if np.issubdtype(v.dtype, np.floating) else IGNORE_INDEX)
             for k, v in sc.arrays.items() if k != "dtm"}
     inst = crop_padded(sc.instances, r, c, size, 0) if sc.instances is not None else None
     needs = tile_needs(source)
@@ -141,7 +141,7 @@ def _write_tile(cfg: PrepareConfig, sc: Scene, r: int, c: int, size: int, split:
                                               max_shift=size // 3, min_pixels=cfg.min_box_pixels)
         t2 = np.where(np.isnan(tile["pan"]), np.nan, t2).astype(np.float32)
         tile["pan_t2"] = t2
-        tile["change"] = np.where(np.isnan(tile["pan"][0]), L.IGNORE, change)[None].astype(np.uint8)
+        tile["change"] = np.where(np.isnan(tile["pan"][0]), IGNORE_INDEX, change)[None].astype(np.uint8)
         extra.update(change_fraction=float(change.mean()), change_ops=";".join(x["op"] for x in recs))
     if "building_fraction" in needs.tile_classes:
         fraction = float((inst > 0).mean())

@@ -26,7 +26,7 @@ import numpy as np
 from mssdf.config import ConfigError, from_dict
 from mssdf.data import labels as L
 from mssdf.data.align import align_pair
-from mssdf.data.io import DataError, check_aligned, raster_info, read_nan, read_raster
+from mssdf.data.io import IGNORE_INDEX, DataError, check_aligned, raster_info, read_nan, read_raster
 from mssdf.data.lidar import read_las, rasterise
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ def load_ign(paths: tuple[Path, ...], s: SourceSettings, cfg: PrepareConfig) -> 
     raw_rgb = r.rgb * np.float32(pc.rgb_scale)
     ms = np.concatenate([raw_rgb[::-1], r.nir]).astype(np.float32)
     valid = np.isfinite(r.dsm[0]) & np.isfinite(r.ndsm[0]) & np.all(np.isfinite(ms), 0)
-    label = np.where(valid, label, L.IGNORE).astype(np.uint8)
+    label = np.where(valid, label, IGNORE_INDEX).astype(np.uint8)
     arrays = {"rgb": r.rgb, "ms": ms, "dsm": r.dsm, "ndsm": r.ndsm, "dtm": r.dtm, "label": label[None]}
     return [Scene("ign", "ign", r.crs, r.grid.transform, s.res, arrays, valid, files=(path,), notes=r.info)]
 
@@ -228,7 +228,7 @@ def load_atlanta(paths: tuple[Path, ...], s: SourceSettings, cfg: PrepareConfig)
 
     transform = Affine(*info.transform)
     inst = L.rasterise_features(features, fcrs, info.crs, transform, (info.height, info.width))
-    label = np.where(valid, inst > 0, L.IGNORE).astype(np.uint8)
+    label = np.where(valid, inst > 0, IGNORE_INDEX).astype(np.uint8)
     notes = {"footprints": len(features), "building_fraction": float((inst > 0).mean())}
     if mask_p.is_file():  # the solaris fixture mask: it does NOT match this image (IoU ~0.04), so it is not used
         ref = L.mask_to_label(read_raster(mask_p, expected_bands=1, dtype=np.uint8)[0], mask_p)
@@ -257,7 +257,7 @@ def load_lasvegas(paths: tuple[Path, ...], s: SourceSettings, cfg: PrepareConfig
     check_aligned([info, raster_info(mask_p)])
     pan, valid = _read_pan(img_p, LASVEGAS)
     label = L.mask_to_label(read_raster(mask_p, expected_bands=1, dtype=np.uint8)[0], mask_p)
-    label = np.where(valid, label, L.IGNORE).astype(np.uint8)
+    label = np.where(valid, label, IGNORE_INDEX).astype(np.uint8)
     from rasterio.transform import Affine, array_bounds
 
     features, fcrs = L.read_geojson(lines_p)

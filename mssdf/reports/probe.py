@@ -24,7 +24,6 @@ from torch import Tensor
 from mssdf.data.io import IGNORE_INDEX
 from mssdf.model import Encoder
 
-IGNORE = IGNORE_INDEX  # the package-wide ignore label
 
 
 @torch.no_grad()
@@ -50,11 +49,11 @@ def patch_labels(label: Tensor, patch: int, num_classes: int) -> Tensor:
     """``(B, H, W)`` int labels (255 = ignore) → ``(B, N)`` majority label per patch (255 if none valid)."""
     b, h, w = label.shape
     blocks = label.reshape(b, h // patch, patch, w // patch, patch).permute(0, 1, 3, 2, 4).reshape(b, -1, patch * patch)
-    valid = blocks != IGNORE
+    valid = blocks != IGNORE_INDEX
     onehot = F.one_hot(torch.where(valid, blocks, 0).long(), num_classes) * valid.unsqueeze(-1)  # (B, N, p², K)
     counts = onehot.sum(2)  # (B, N, K)
     majority = counts.argmax(-1)
-    return torch.where(counts.sum(-1) > 0, majority, torch.full_like(majority, IGNORE))
+    return torch.where(counts.sum(-1) > 0, majority, torch.full_like(majority, IGNORE_INDEX))
 
 
 def patch_means(values: Tensor, patch: int) -> Tensor:
@@ -89,7 +88,7 @@ def linear_classification_probe(
     Args:
         train_x, test_x: ``(n, D)`` features; train_y, test_y: ``(n,)`` labels (255 ignored).
     """
-    keep_tr, keep_te = train_y != IGNORE, test_y != IGNORE
+    keep_tr, keep_te = train_y != IGNORE_INDEX, test_y != IGNORE_INDEX
     xtr, xte = _standardise(train_x[keep_tr].float(), test_x[keep_te].float())
     ytr, yte = train_y[keep_tr].long(), test_y[keep_te].long()
     weight = torch.zeros(xtr.shape[1], num_classes, requires_grad=True)
