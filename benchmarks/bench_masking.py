@@ -102,7 +102,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from _common import save_figures  # noqa: E402
+from _common import save_figures, time_cpu, time_cuda  # noqa: E402
 from mssdf import masking, reference  # noqa: E402
 
 
@@ -146,34 +146,6 @@ def synthetic_images(batch: int, size: int, seed: int = 0, rectangles: int = 12)
 
 # ---------------------------------------------------------------------------------------
 # timing
-
-
-def time_cpu(fn, repeats: int, warmup: int) -> list[float]:
-    """Seconds of ``repeats`` calls of ``fn()`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def time_cuda(fn, repeats: int, warmup: int) -> list[float]:
-    """Seconds of ``repeats`` calls of ``fn()`` measured with CUDA events (each synchronised)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        out.append(start.elapsed_time(end) / 1e3)
-    return out
 
 
 def summary(times: list[float], per: int) -> dict:

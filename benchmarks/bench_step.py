@@ -60,7 +60,6 @@ import os
 import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, when not installed
@@ -68,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_masking, _comm
 
 import torch  # noqa: E402
 
-from _common import save_figures  # noqa: E402
+from _common import save_figures, time_cpu, time_cuda  # noqa: E402
 from mssdf import masking  # noqa: E402
 from mssdf.losses import LossConfig, mssdf_loss  # noqa: E402
 from mssdf.model import MSSDF, ModelConfig, ema_update, model_config  # noqa: E402
@@ -161,27 +160,6 @@ def _maxrss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def _time(fn, steps: int, warmup: int, cuda: bool) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    if cuda:
-        torch.cuda.synchronize()
-    out = []
-    for _ in range(steps):
-        if cuda:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            out.append(s.elapsed_time(e) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available, else cpu)")
@@ -224,7 +202,7 @@ def main(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
         resident = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    times = _time(bench.step, args.steps, 0, cuda)
+    times = (time_cuda if cuda else time_cpu)(bench.step, args.steps, 0)
     rss_end = _maxrss_kib()
     med = statistics.median(times)
     ips = args.batch / med
