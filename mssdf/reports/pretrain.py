@@ -14,7 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import yaml
@@ -41,7 +41,7 @@ class PretrainReportConfig:
 
     nproc: int = 1  # >1: launch `torchrun --standalone --nproc_per_node=nproc`
     prepare_if_missing: bool = False  # smoke runs: prepare the sample into data.root first
-    prepare_sources: str = "autzen,ign"
+    prepare_sources: tuple[str, ...] = ("autzen", "ign")  # prepare_if_missing: these sources, default settings
     out_dir: str = "scratch/pretrain_report"  # probe metrics (JSON) and figures
     probe_modality: str = "rgb"  # the probes see this modality only
     height_task: str = "height"  # RGB -> nDSM (Autzen)
@@ -57,11 +57,11 @@ class PretrainReportConfig:
             raise ValueError(f"nproc must be >= 1, got {self.nproc}")
 
 
-def ensure_prepared(root: str | Path, sources: str, raw_dir: str = "data/raw") -> Path:
-    """Prepare the sample into ``root`` unless it already holds a prepared index."""
+def ensure_prepared(root: str | Path, sources: Sequence[str], raw_dir: str = "data/raw") -> Path:
+    """Prepare ``sources`` (default settings) into ``root`` unless it already holds a prepared index."""
     path = resolve(root)
     if not (path / "index.csv").exists():
-        prepare(PrepareConfig(raw_dir=raw_dir, out_dir=str(root), sources={s.strip(): SourceSettings() for s in sources.split(",") if s.strip()}), log=None)
+        prepare(PrepareConfig(raw_dir=raw_dir, out_dir=str(root), sources={s: SourceSettings() for s in sources}), log=None)
     return path
 
 
