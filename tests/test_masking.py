@@ -103,11 +103,27 @@ def test_flat_pure_red_patch_has_the_authors_band_variance():
 
 
 def test_variance_rules_agree_on_one_band_modalities():
+    # the band rule's own code path (all C·p·p values) equals the grey-patch path when C = 1
+    from mssdf.masking import _band_variance, _grey_variance
+
     x = images(b=2, size=32)["dsm"]
+    patches = x[:, 0].reshape(2, 2, 16, 2, 16).transpose(2, 3).reshape(8, 16, 16)
+    torch.testing.assert_close(_band_variance(x, 16).reshape(-1), _grey_variance(patches), rtol=1e-5, atol=1e-5)
     assert torch.equal(
         information_scores({"dsm": x}, 16, normalize=False, variance_of="bands"),
         information_scores({"dsm": x}, 16, normalize=False, variance_of="grey"),
     )
+
+
+@pytest.mark.parametrize("height", [130.0, 1500.0])
+def test_dsm_scores_keep_float32_precision_at_real_elevations(height):
+    # absolute DSMs sit hundreds of metres up; a one-pass E[x²] − E[x]² variance loses the
+    # (small) score there in float32. Flat ground + 5 cm noise: score ≈ 0.2 at any height.
+    g = torch.Generator().manual_seed(0)
+    x = height + 0.05 * torch.randn(2, 1, 32, 32, generator=g)
+    ours = information_scores({"dsm": x}, 16, normalize=False).numpy()
+    ref = np.stack([reference.sample_scores({"dsm": x[i].double().numpy()}, 16, False) for i in range(2)])
+    np.testing.assert_allclose(ours, ref, rtol=1e-3)
 
 
 def test_default_scores_on_random_colour_images_equal_the_reference_band_rule():
