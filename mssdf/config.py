@@ -11,8 +11,11 @@ Config classes are frozen dataclasses; :func:`from_dict` builds one recursively
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
 
 T = TypeVar("T")
 
@@ -142,4 +145,24 @@ def replace(obj: T, **changes: Any) -> T:
     return from_dict(type(obj), {**to_dict(obj), **changes})
 
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "replace"]
+class _Loader(yaml.SafeLoader):
+    """PyYAML safe loader reading ``1e-3`` as a float (YAML 1.2, as DVC's ruamel does)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text safely (floats as YAML 1.2)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+__all__ = ["ConfigError", "from_dict", "to_dict", "replace", "yaml_load"]

@@ -21,14 +21,12 @@ given explicitly.
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
 
-from mssdf.config import ConfigError, from_dict, to_dict
+from mssdf.config import ConfigError, from_dict, to_dict, yaml_load
 from mssdf.losses import LossConfig
 from mssdf.masking import MaskingConfig
 from mssdf.modalities import CHANNELS, DsmSource
@@ -345,26 +343,6 @@ def build_config(data: Mapping[str, Any] | None = None, path: str = "") -> Pretr
     merged = deep_merge(merged, VARIANTS[variant])
     merged = deep_merge(merged, data)
     return from_dict(PretrainConfig, merged, path)
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML safe loader reading ``1e-3`` as a float (YAML 1.2, as DVC's ruamel does)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
-def yaml_load(text: str) -> Any:
-    """Parse YAML text safely (floats as YAML 1.2)."""
-    return yaml.load(text, Loader=_Loader)
 
 
 def parse_sets(sets: list[str]) -> dict[str, Any]:

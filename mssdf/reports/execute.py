@@ -17,9 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from mssdf.config import ConfigError
+from mssdf.config import ConfigError, yaml_load
 
 
 def parameter_names(notebook: str | Path) -> set[str]:
@@ -60,7 +58,7 @@ def execute(notebook: str | Path, output: str | Path, sections: list[str], param
     """Execute ``notebook`` into ``output`` with the ``sections`` of ``params_file``."""
     import papermill
 
-    params = yaml.safe_load(Path(params_file).read_text()) or {}
+    params = yaml_load(Path(params_file).read_text()) or {}
     parameters = stage_parameters(params, sections, notebook)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=kernel,
