@@ -86,3 +86,20 @@ def test_checkpoint_cadence_and_pruning(tmp_path):
     assert steps == [10, 11]  # every 2 steps, the end state always, the 2 newest kept
     saved = torch.load(list_checkpoints(tmp_path)[-1][1], weights_only=True)
     assert saved["position"] == {"epoch": 2, "batch": 1, "global_step": 11} and saved["config"] == {"task": "toy"}
+
+
+def test_resume_refuses_a_changed_run_naming_the_keys(tmp_path):
+    import pytest
+
+    from mssdf.config import ConfigError
+    from mssdf.engine.loop import check_same_run
+
+    saved = {"config": {"optim": {"lr": 1e-3}, "epochs": 10, "out_dir": "a"}, "global_batch": 8}
+    check_same_run(tmp_path / "c.pt", saved, {"optim": {"lr": 1e-3}, "epochs": 10, "out_dir": "b"}, may_change=("out_dir",),
+                   global_batch=8)  # only a free key changed
+    with pytest.raises(ConfigError, match=r"c\.pt: cannot resume.*epochs: 10 -> 20; optim\.lr: 0\.001 -> 0\.01"):
+        check_same_run(tmp_path / "c.pt", saved, {"optim": {"lr": 1e-2}, "epochs": 20, "out_dir": "a"})
+    with pytest.raises(ConfigError, match=r"global batch .*: 8 -> 16"):
+        check_same_run(tmp_path / "c.pt", saved, saved["config"], global_batch=16)
+    with pytest.raises(ConfigError, match=r"new\.key: '<absent>' -> 1"):
+        check_same_run(tmp_path / "c.pt", saved, {**saved["config"], "new": {"key": 1}})

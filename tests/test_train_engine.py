@@ -78,3 +78,13 @@ def test_dvclive_metrics_written(tmp_path):
     for term in ("loss", "reconstruction", "contrast", "hsic", "modality", "lr", "momentum"):
         assert (plots / f"{term}.tsv").is_file(), term
     assert len((plots / "loss.tsv").read_text().splitlines()) == 1 + res.global_step
+
+
+def test_resume_under_a_changed_method_is_refused_naming_the_key(tmp_path):
+    from mssdf.config import ConfigError
+
+    _run(tmp_path, max_steps=2)
+    with pytest.raises(ConfigError, match=r"step_00000002\.pt: cannot resume.*masking\.variance_of: 'bands' -> 'grey'"):
+        _run(tmp_path, resume=True, masking={"variance_of": "grey"})
+    res = _run(tmp_path, resume=True, max_steps=3, log_every=1)  # where it stops and how often it logs may change
+    assert res.resumed_from is not None and res.global_step == 3

@@ -11,7 +11,7 @@ checkpoints every ``checkpoint_every`` steps and at the end.
 Checkpoint contents (``torch.load(weights_only=True)``; see
 :mod:`mssdf.engine.checkpointing`): ``model``, ``optimizer``, ``scheduler``, ``scaler``,
 ``rng`` (per rank), ``position`` (``epoch``, ``batch``, ``global_step``), ``config``,
-``history``, ``world_size``.
+``history``, ``world_size``, ``global_batch``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Mapping
+from typing import Any, Callable, Collection, ContextManager, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from mssdf.config import ConfigError
 from mssdf.engine.checkpointing import (
     capture_rng, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, remove_partial, restore_rng,
     save_checkpoint,
@@ -92,10 +93,50 @@ class StepOutput:
     info: dict[str, float] = field(default_factory=dict)
 
 
-def resume(state: TrainState, out_dir: Path, env: DistEnv, seed: int) -> Path | None:
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_same_run(path: Path, saved: Mapping[str, Any], config: Mapping[str, Any], may_change: Collection[str] = (),
+                   global_batch: int | None = None) -> None:
+    """Refuse to resume a checkpoint under a different run configuration.
+
+    Args:
+        path: the checkpoint (named in the error).
+        saved: its contents (``config``; ``global_batch`` where recorded).
+        config: the current plain run config.
+        may_change: keys (dotted; a prefix covers its sub-keys) that may differ, e.g. where
+            the output goes, how often to log, how far to run.
+        global_batch: the current global batch (the data order depends on it).
+
+    Raises:
+        ConfigError: listing each changed key with its saved and current value.
+    """
+    old, new = _flatten(saved.get("config", {})), _flatten(config)
+    free = tuple(may_change)
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")
+               and not any(k == f or k.startswith(f + ".") for f in free)]
+    lines = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in changed]
+    if global_batch is not None and saved.get("global_batch") not in (None, global_batch):
+        lines.append(f"global batch (batch_size x processes): {saved['global_batch']} -> {global_batch}")
+    if lines:
+        raise ConfigError(f"{path}: cannot resume: the run configuration changed since this checkpoint "
+                          f"({'; '.join(lines)}). Restore it, or start a new run in another out_dir"
+                          + (f" (these may change: {', '.join(free)})" if free else ""))
+
+
+def resume(state: TrainState, out_dir: Path, env: DistEnv, seed: int, *, config: Mapping[str, Any] | None = None,
+           may_change: Collection[str] = (), global_batch: int | None = None) -> Path | None:
     """Load the newest checkpoint of ``out_dir`` into ``state`` (None if there is none).
 
-    Temporary files of a killed run are removed first (main process). RNG streams are
+    Temporary files of a killed run are removed first (main process). With ``config``,
+    the checkpoint must come from the same run (:func:`check_same_run`). RNG streams are
     restored exactly when the world size is unchanged; otherwise only the per-rank streams
     are reseeded from ``(seed, rank, step)`` (data order and masks never depend on them).
     """
@@ -105,6 +146,8 @@ def resume(state: TrainState, out_dir: Path, env: DistEnv, seed: int) -> Path | 
     if ckpt is None:
         return None
     saved = load_checkpoint(ckpt)
+    if config is not None:
+        check_same_run(ckpt, saved, config, may_change, global_batch)
     state.model.load_state_dict(saved["model"], strict=True)
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
@@ -130,6 +173,7 @@ def save(state: TrainState, out_dir: Path, env: DistEnv, spec: LoopSpec, config:
         "scaler": state.scaler.state_dict() if state.scaler is not None else None, "rng": rngs,
         "position": {"epoch": step // spe, "batch": step % spe, "global_step": step},
         "config": dict(config), "history": state.history, "world_size": env.world_size,
+        "global_batch": spec.global_batch,
     }
     save_checkpoint(checkpoint_path(out_dir, step), payload)
     prune_checkpoints(out_dir, spec.keep_checkpoints)
@@ -223,5 +267,5 @@ def run_loop(
 
 
 __all__ = [
-    "amp_dtype", "autocast", "TrainState", "LoopSpec", "StepOutput", "resume", "save", "optimizer_step", "run_loop",
+    "amp_dtype", "autocast", "TrainState", "LoopSpec", "StepOutput", "check_same_run", "resume", "save", "optimizer_step", "run_loop",
 ]

@@ -50,6 +50,11 @@ from mssdf.weights.native import save_pretrained
 from mssdf.weights.timm_export import export_timm
 
 TERMS = ("reconstruction", "contrast", "hsic", "modality")
+#: Run settings that may differ between a checkpoint and the run resuming it (where it is
+#: written and read from, how often it logs and saves, how far it runs, the per-process
+#: batch as long as the global batch stays); anything else refuses to resume.
+RESUMABLE_CHANGES = ("resume", "max_steps", "out_dir", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers",
+                     "device", "export_timm", "batch_size", "data.root", "data.backend")
 
 
 @dataclass
@@ -117,7 +122,10 @@ def setup(cfg: PretrainConfig, env: DistEnv, out_dir: Path, dataset: Dataset | N
     dtype = amp_dtype(cfg.precision, env.device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     state = TrainState(model, optimizer, scheduler, scaler)
-    resumed_from = resume(state, out_dir, env, cfg.seed) if cfg.resume else None
+    resumed_from = None
+    if cfg.resume:
+        resumed_from = resume(state, out_dir, env, cfg.seed, config=cfg.to_dict(), may_change=RESUMABLE_CHANGES,
+                              global_batch=global_batch)
 
     unused = (set(mcfg.modalities) != set(names) or len(names) < 2 or cfg.losses.modality == 0
               or cfg.losses.reconstruction == 0)
@@ -231,4 +239,4 @@ def _loop(run: PretrainRun, live: bool, live_dir: str | Path | None, progress: b
                                              "global_batch": spec.global_batch})
 
 
-__all__ = ["PretrainResult", "PretrainRun", "setup", "pretrain_step", "save_final", "pretrain", "TERMS"]
+__all__ = ["PretrainResult", "PretrainRun", "setup", "pretrain_step", "save_final", "pretrain", "TERMS", "RESUMABLE_CHANGES"]
