@@ -11,8 +11,11 @@ Exactly what a pre-training loop does per batch, on a fixed synthetic two-modali
 2. forward of :class:`mssdf.model.MSSDF` (student on visible tokens, fusion and
    reconstruction decoders, modality head, EMA teacher on the full images);
 3. :func:`mssdf.losses.mssdf_loss` (all four terms, default weights);
-4. backward; 5. AdamW step (betas 0.9/0.95, wd 0.05; ``fused`` on CUDA) and
-   ``zero_grad``; 6. :func:`mssdf.model.ema_update` of the teacher (momentum 0.996).
+4. :func:`mssdf.engine.loop.optimizer_step`: backward, the AdamW step over the
+   training's parameter groups (:func:`mssdf.engine.optim.build_optimizer`: betas
+   0.9/0.95, wd 0.05, no decay on norms/biases/tokens) and the schedule step — what
+   :func:`mssdf.pretrain.engine.pretrain_step` runs; 5. :func:`mssdf.model.ema_update` of
+   the teacher (momentum 0.996).
 
 ``--warmup`` untimed steps (allocator, caches, autotuning), then ``--steps`` timed steps;
 per step wall time with ``time.perf_counter`` on the CPU, CUDA events on the GPU (each
@@ -69,6 +72,8 @@ import torch  # noqa: E402
 
 from _common import save_figures, time_cpu, time_cuda  # noqa: E402
 from mssdf import masking  # noqa: E402
+from mssdf.engine.loop import TrainState, optimizer_step  # noqa: E402
+from mssdf.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from mssdf.losses import LossConfig, mssdf_loss  # noqa: E402
 from mssdf.model import MSSDF, ModelConfig, ema_update, model_config  # noqa: E402
 
@@ -88,10 +93,9 @@ class StepBench:
         self.images = {m: x.to(device) for m, x in synthetic_images(batch, img_size, seed).items()}
         self.rss_before_model_kib = _maxrss_kib()
         self.model = MSSDF(self.cfg).to(device)
-        self.opt = torch.optim.AdamW(
-            list(self.model.student_parameters()), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05,
-            **({"fused": True} if device.type == "cuda" else {}),
-        )
+        opt = build_optimizer(self.model, 1.5e-4, 0.05, (0.9, 0.95))
+        sched = build_scheduler(opt, peak_lr=1.5e-4, min_lr=1e-5, warmup_steps=0, total_steps=10**6)
+        self.state = TrainState(self.model, opt, sched)
         self.mask_cfg = masking.MaskingConfig()
         self.loss_cfg = LossConfig()
         self.gen = torch.Generator(device=device).manual_seed(seed)
@@ -105,9 +109,7 @@ class StepBench:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = self.model(self.images, masks)
             loss, _ = mssdf_loss(out, self.loss_cfg)
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        optimizer_step(self.state, loss)
         ema_update(self.model.teacher, self.model.encoder, 0.996)
         return loss.detach()
 

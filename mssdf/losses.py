@@ -34,7 +34,7 @@ needs a model with at least two modalities. Why encoder tokens and not decoder o
 the reconstruction decoder sees the same fused tokens for every modality (only the mask
 token differs), so its outputs agree by construction (CKA ≈ 1 at initialisation).
 
-Under DDP pass ``gather`` (see :class:`mssdf.engine.distributed.AllGather`): the pair
+Under DDP pass ``gather`` (:func:`mssdf.engine.distributed.loss_gather` gives it: a differentiable all-gather): the pair
 terms then use the tokens of every rank (negatives and HSIC pairs from the global
 batch, with gradients flowing back through the gather), so a run on W processes
 computes the same loss and gradient as one process with the global batch.

@@ -13,15 +13,19 @@ file a height modality is read.
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from typing import Iterable, Literal, get_args
 
 #: Default band counts (data with other counts pass theirs explicitly).
 CHANNELS: dict[str, int] = {"rgb": 3, "ms": 4, "pan": 1, "dsm": 1, "ndsm": 1}
 
+#: A typical upper end of each modality's raw values (synthetic data are drawn in
+#: [0, this]; rgb 8-bit, ms/pan digital numbers, heights in metres).
+TYPICAL_MAX: dict[str, float] = {"rgb": 255.0, "ms": 600.0, "pan": 1000.0, "dsm": 30.0, "ndsm": 30.0}
+
 DsmSource = Literal["dsm", "ndsm"]
 #: Which prepared file the ``dsm`` modality is read from: the surface (``dsm``) or the
 #: height above ground (``ndsm``).
-DSM_SOURCES: tuple[str, ...] = ("dsm", "ndsm")
+DSM_SOURCES: tuple[str, ...] = get_args(DsmSource)
 
 
 def channels(names: Iterable[str]) -> dict[str, int]:
@@ -42,4 +46,4 @@ def file_key(modality: str, dsm_source: str = "dsm") -> str:
     return dsm_source if modality == "dsm" else modality
 
 
-__all__ = ["CHANNELS", "DSM_SOURCES", "DsmSource", "channels", "file_key"]
+__all__ = ["CHANNELS", "TYPICAL_MAX", "DSM_SOURCES", "DsmSource", "channels", "file_key"]

@@ -18,7 +18,7 @@
 #
 # This notebook documents **what `mssdf` implements** and checks its properties on real
 # imagery: the Autzen (Oregon) airborne-lidar sample, rasterised to RGB (mean point colour)
-# and a DSM (max height, metres). It is the *method notebook* that `../shared/docs/method.md`
+# and a DSM (max height, metres). It is the *method notebook* that `docs/method.md`
 # asks for: the decisions below are the ones the code makes, and every number here is
 # computed when the notebook runs.
 #
@@ -92,7 +92,7 @@ plt.show()
 
 # %%
 m = cfg.masking
-per_modality = {k: patch_scores(v, cfg.patch, k, variance_of=m.variance_of)[0] for k, v in images.items()}
+per_modality = {k: patch_scores(v, cfg.patch, k, m.chunk_size, m.variance_of)[0] for k, v in images.items()}
 scores = mask_scores(images, cfg.patch, m)
 weights = score_weights(scores, m.weights, m.quantiles)[0]
 mask = generate_masks(images, cfg.patch, m, epoch=0, generator=torch.Generator().manual_seed(cfg.seed))["rgb"][0]
@@ -108,11 +108,11 @@ plt.show()
 # %% [markdown]
 # **Variance term over all bands (the authors' rule).** The variance of the grey patch alone
 # is kept as `variance_of: grey`. The choice matters only for multi-band modalities, where
-# colour contrast counts as information under `bands` but not under `grey` (a flat pure-red
-# patch scores 14450 against 0; `tests/test_masking.py`). On this tile, the share of patches
-# whose score band changes between the two rules — for each modality's own score and for the
-# combined score masking ranks (Autzen's lidar colours are pale; saturated synthetic colour
-# images change 40–60%):
+# colour contrast counts as information under `bands` but not under `grey`: a flat pure-red
+# patch scores 255²·2/9 = 14450 against 0 (`tests/test_masking.py` checks both). Below, on this
+# tile, the share of patches whose score band changes between the two rules, for each
+# modality's own score and for the combined score masking ranks (Autzen's lidar colours are
+# pale; `docs/method.md` records the much larger share on saturated colour images).
 
 # %%
 band_changes = variance_rule_band_changes(images, cfg.patch, m)
@@ -218,7 +218,7 @@ views = torch.stack([torch.rot90(t, k, (1, 2)) for k in range(4) for t in (image
 views_dsm = torch.stack([torch.rot90(t, k, (1, 2)) for k in range(4) for t in (images["dsm"][0], images["dsm"][0].flip(-1))])
 batch = {"rgb": views, "dsm": views_dsm}
 stats = {k: NormStats(tuple(v.mean((0, 2, 3)).tolist()), tuple(v.std((0, 2, 3)).clamp_min(1e-3).tolist())) for k, v in batch.items()}
-model = MSSDF(model_config(cfg.preset, modalities={"rgb": 3, "dsm": 1}, img_size=cfg.tile, normalization=stats))
+model = MSSDF(model_config(cfg.preset, modalities={k: v.shape[1] for k, v in images.items()}, img_size=cfg.tile, normalization=stats))
 masks = generate_masks(batch, model.cfg.patch_size, m, epoch=30, generator=torch.Generator().manual_seed(cfg.seed))
 out = model(batch, masks)
 total, terms = mssdf_loss(out, LossConfig())

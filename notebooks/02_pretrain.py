@@ -57,6 +57,7 @@ from mssdf.weights.native import load_pretrained
 from mssdf.reports.pretrain import (ENCODER_LABELS, PretrainReportConfig, ensure_prepared, history_frame, load_encoders,
                                    masked_prediction_quality, probe_encoders, report_metrics, run_pretraining)
 from mssdf.pretrain import build_config
+from mssdf.pretrain.engine import TERMS
 from mssdf.pretrain.masks import step_masks
 
 report = from_dict(PretrainReportConfig, pretrain_report, "pretrain_report")
@@ -84,7 +85,7 @@ print(f"{len(hist)} logged steps; final weights in {final_dir}")
 hist.tail(3).round(4)
 
 # %%
-terms = [c for c in ("loss", "reconstruction", "contrast", "hsic", "modality") if c in hist]
+terms = [c for c in ("loss", *TERMS) if c in hist]
 fig, axes = plt.subplots(1, len(terms) + 1, figsize=(4 * (len(terms) + 1), 3.2))
 for ax, term in zip(axes, terms):
     ax.plot(hist.index, hist[term], lw=0.8, alpha=0.4)

@@ -125,15 +125,6 @@ def mean_across_ranks(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values / env.world_size
 
 
-def max_across_ranks(value: float, env: DistEnv) -> float:
-    """Maximum of a scalar over ranks."""
-    if not env.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=env.device if env.backend == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
 class _GatherCat(torch.autograd.Function):
     """All-gather along dim 0 whose backward sums every rank's gradient (all-reduce).
 
@@ -178,5 +169,5 @@ def loss_gather(env: DistEnv):
 
 __all__ = [
     "DistEnv", "pick_device", "init_distributed", "cleanup", "seed_everything", "unwrap", "wrap_ddp", "barrier",
-    "all_gather_objects", "mean_across_ranks", "max_across_ranks", "all_gather_cat", "loss_gather",
+    "all_gather_objects", "mean_across_ranks", "all_gather_cat", "loss_gather",
 ]

@@ -1,4 +1,4 @@
-"""Set-up, resume, the optimiser step and the step loop shared by every training task.
+"""Resume, the optimiser step and the step loop shared by every training task.
 
 A task builds its model, optimiser, schedule, dataset and sampler, wraps them in a
 :class:`TrainState`, and hands :func:`run_loop` one function ``step_fn(batch, step)``

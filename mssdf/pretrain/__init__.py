@@ -1,5 +1,6 @@
-"""Pre-training engine: typed run config, data order, masks per step, optimiser and
-schedules, DDP set-up, resumable checkpoints and the training loop.
+"""MSSDF pre-training on :mod:`mssdf.engine`: the typed run config (profiles, variants),
+the data, the masks of each step, and the step itself (set-up, EMA teacher, final
+weights); DDP, the sampler, optimiser groups, checkpoints and the loop are the engine's.
 
 Notebook (one process in the kernel)::
 

@@ -1,19 +1,11 @@
 """Pre-training data: datasets keyed by ``(epoch, index)``, the data check, collation.
 
-Determinism contract (what exact resume and world-size invariance rest on; the sampler
-is :class:`mssdf.engine.sampler.GlobalBatchSampler`):
-
-* the order of an epoch is ``randperm(n)`` from a generator seeded with
-  ``(seed, epoch)``; global batch ``k`` is positions ``[k·G, (k+1)·G)`` of it
-  (``G = batch_size · world_size``, incomplete last batch dropped) and rank ``r`` takes
-  the contiguous slice ``[r·b, (r+1)·b)`` of it — so the global batch, and each
-  sample's position in it, do not depend on the number of processes
-  (``DistributedSampler`` strides ranks instead, which would not keep positions);
-* the sampler yields ``(epoch, index)`` keys, and random crops of the prepared tiles
-  are seeded by ``(seed, epoch, index)`` (``SampleTiles.get(index, epoch)``) — not by
-  how many samples a worker has read;
-* resuming starts the sampler at the saved batch of the saved epoch: consumed batches
-  are skipped without being loaded.
+Batches come from :class:`mssdf.engine.sampler.GlobalBatchSampler` (its docstring holds
+the determinism contract: data order a function of ``(seed, epoch)`` only, the same global
+batches on any number of processes, consumed batches skipped on resume). Datasets here
+take the ``(epoch, index)`` keys it yields, so random crops of the prepared tiles are
+seeded by ``(seed, epoch, index)`` (``SampleTiles.get(index, epoch)``), not by how many
+samples a worker has read.
 
 Batches are ``{modality: (B, C_m, H, W)}`` float32 raw values.
 """
@@ -33,7 +25,7 @@ from mssdf.engine.sampler import Key
 from mssdf.model import NormStats
 from mssdf.paths import resolve
 from mssdf.modalities import channels as default_channels
-from mssdf.modalities import file_key
+from mssdf.modalities import TYPICAL_MAX, file_key
 from mssdf.pretrain.config import PretrainConfig
 
 class KeyedDataset(Dataset):
@@ -65,13 +57,11 @@ class SyntheticPairs(Dataset):
 
     Sample ``i`` is a function of ``(seed, i)``: a low-resolution random field
     upsampled bilinearly (so neighbouring patches correlate), shared by all modalities
-    up to a per-band affine map and noise, in plausible raw ranges (rgb 0–255, ms
-    0–600, dsm/ndsm 0–30 m, pan 0–1000).
+    up to a per-band affine map and noise, in plausible raw ranges
+    (:data:`mssdf.modalities.TYPICAL_MAX`).
 
     Returns ``{modality: (C, size, size)}`` float32.
     """
-
-    SCALE = {"rgb": 255.0, "ms": 600.0, "dsm": 30.0, "ndsm": 30.0, "pan": 1000.0}
 
     def __init__(self, num_samples: int, size: int, channels: Mapping[str, int], seed: int = 0) -> None:
         self.n, self.size, self.channels, self.seed = num_samples, size, dict(channels), seed
@@ -90,7 +80,7 @@ class SyntheticPairs(Dataset):
         for m, c in self.channels.items():
             gain = 0.5 + torch.rand(c, 1, 1, generator=g)
             noise = 0.05 * torch.rand(c, self.size, self.size, generator=g)
-            out[m] = ((field * gain + noise).clamp(0, 1) * self.SCALE.get(m, 1.0)).float()
+            out[m] = ((field * gain + noise).clamp(0, 1) * TYPICAL_MAX[m]).float()
         return out
 
 

@@ -24,7 +24,7 @@ from mssdf.data.prepare import PrepareConfig, prepare
 from mssdf.data.sources import SourceSettings
 from mssdf.data.sample import SampleTiles
 from mssdf.model import MSSDF, Encoder
-from mssdf.paths import repo_root, resolve
+from mssdf.paths import resolve
 from mssdf.pretrain.config import PretrainConfig
 from mssdf.reports.probe import (
     linear_classification_probe,
@@ -87,7 +87,7 @@ def run_pretraining(cfg: PretrainConfig, nproc: int = 1) -> tuple[list[dict], Pa
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "mssdf.pretrain", "--config", str(config_path), "--section", "pretrain", "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run(cmd, cwd=repo_root(), env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=resolve("."), env=env, capture_output=True, text=True)  # where relative paths resolve
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     history = json.loads((out_dir / "history.json").read_text())
@@ -187,7 +187,7 @@ def masked_prediction_quality(model: MSSDF, images: Mapping[str, torch.Tensor], 
 
 
 def report_metrics(probe_rows: list[dict[str, Any]], quality: Mapping[str, float], history: list[dict]) -> dict[str, Any]:
-    """The stage's metrics file (stable keys; the figures stage reads them).
+    """The stage's metrics file (stable keys, for ``dvc metrics`` and later stages).
 
     ``probe/<task>_<metric>/<encoder>`` from :func:`probe_encoders`' rows,
     ``masked_cosine/<modality>``, ``final_loss`` (mean of the last ten logged losses) and

@@ -94,11 +94,8 @@ def _listing(keys: list[str] | tuple[str, ...]) -> str:
 
 def _safe_load(path: Path) -> object:
     """``torch.load(weights_only=True)``, allowing ``argparse.Namespace`` for this load only."""
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
     try:
-        if safe_globals is None:  # torch < 2.5: no scoped allow-list; a Namespace is refused below
-            return torch.load(path, map_location="cpu", weights_only=True)
-        with safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
+        with torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):  # torch >= 2.5
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors come in many types
         text = str(err)

@@ -33,6 +33,7 @@ from typing import Callable, Literal, Sequence
 from mssdf.data.io import DataError
 from mssdf.data.readers.base import Sample, check_choice, check_subset, require_dir
 from mssdf.data.readers.colors import ISPRS
+from mssdf.modalities import DSM_SOURCES, DsmSource
 from mssdf.data.readers.tiles import Source, TiledSegmentation
 
 TRAIN_TILES: tuple[str, ...] = (
@@ -84,7 +85,7 @@ class Potsdam(TiledSegmentation):
         split: str = "train",
         modalities: Sequence[str] = ("rgb", "dsm"),
         ms_source: Literal["RGBIR", "IRRG"] = "RGBIR",
-        dsm_source: Literal["dsm", "ndsm"] = "dsm",
+        dsm_source: DsmSource = "dsm",
         labels: Literal["full", "noBoundary"] | None = "full",
         tiles: Sequence[str] | None = None,
         allow_missing_tiles: bool = False,
@@ -102,7 +103,7 @@ class Potsdam(TiledSegmentation):
         check_choice(split, SPLITS, "split")
         self.modalities = check_subset(modalities, MODALITIES, "modalities")
         check_choice(ms_source, ("RGBIR", "IRRG"), "ms_source")
-        check_choice(dsm_source, ("dsm", "ndsm"), "dsm_source")
+        check_choice(dsm_source, DSM_SOURCES, "dsm_source")
         check_choice(labels, ("full", "noBoundary", None), "labels")
         tile_ids = tuple(tiles) if tiles is not None else SPLITS[split]
         for t in tile_ids:

@@ -29,6 +29,7 @@ from typing import Callable, Literal, Sequence
 from mssdf.data.io import DataError
 from mssdf.data.readers.base import Sample, check_choice, check_subset, require_dir
 from mssdf.data.readers.colors import ISPRS
+from mssdf.modalities import DSM_SOURCES, DsmSource
 from mssdf.data.readers.tiles import Source, TiledSegmentation
 
 TRAIN_AREAS: tuple[int, ...] = (1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37)
@@ -77,7 +78,7 @@ class Vaihingen(TiledSegmentation):
         split: str = "train",
         modalities: Sequence[str] = ("irrg", "dsm"),
         irrg_key: Literal["ms", "rgb"] = "ms",
-        dsm_source: Literal["dsm", "ndsm"] = "dsm",
+        dsm_source: DsmSource = "dsm",
         labels: Literal["full", "noBoundary"] | None = "full",
         labels_dir: str | None = None,
         areas: Sequence[int] | None = None,
@@ -95,7 +96,7 @@ class Vaihingen(TiledSegmentation):
         check_choice(split, SPLITS, "split")
         self.modalities = check_subset(modalities, MODALITIES, "modalities")
         check_choice(irrg_key, ("ms", "rgb"), "irrg_key")
-        check_choice(dsm_source, ("dsm", "ndsm"), "dsm_source")
+        check_choice(dsm_source, DSM_SOURCES, "dsm_source")
         check_choice(labels, ("full", "noBoundary", None), "labels")
         area_ids = tuple(int(a) for a in areas) if areas is not None else SPLITS[split]
 
