@@ -271,15 +271,56 @@ def test_source_defaults_filled_and_order_kept():
 
 
 def test_summary_holds_resolved_source_settings(prepared):
-    out, summary, _ = prepared
+    out, summary, raw = prepared
     on_disk = json.loads((out / "summary.json").read_text())["config"]["sources"]
     assert on_disk == summary["config"]["sources"]  # (summary.json sorts its keys)
     assert list(summary["config"]["sources"]) == list(SMALL["sources"])
     # the SMALL ign block sets no res: the source's default is filled in
     assert on_disk["ign"] == {"tile": 16, "stride": 8, "block": 16, "res": 0.5, "min_density": 1.0}
-    assert on_disk["autzen"] == {"tile": 16, "stride": 8, "block": 16, "res": 1.0, "min_density": None}
-    assert on_disk["atlanta"] == {"tile": 32, "stride": 16, "block": 32, "res": None, "min_density": None}
+    # only the keys a source accepts: no null for a setting it does not take
+    assert on_disk["autzen"] == {"tile": 16, "stride": 8, "block": 16, "res": 1.0}
+    assert on_disk["atlanta"] == {"tile": 32, "stride": 16, "block": 32}
+    for name, block in on_disk.items():
+        assert set(block) == set(SOURCES[name].accepts), name
+        assert None not in block.values(), name
+    assert "null" not in json.dumps(on_disk)
+    # the written config builds the same config again
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert from_dict(PrepareConfig, config, "prepare") == _cfg(raw, out)
     assert {r["res_m"] for r in read_index(out) if r["source"] == "ign"} == {0.5}
+
+
+def test_register_refuses_bad_source_blocks():
+    from mssdf.data import sources as S
+
+    before = dict(S.SOURCES)
+    with pytest.raises(ValueError, match="'autzen' is declared twice"):
+        S._register(S.SOURCES["autzen"])
+    no_window = S.Source("nowin", (), SourceSettings(tile=16), {}, S.SOURCES["lasvegas"].load)
+    with pytest.raises(ValueError, match="'nowin'.*block, stride"):
+        S._register(no_window)
+    assert S.SOURCES == before
+
+
+def test_sources_module_does_not_use_prepare():
+    """Loaders get what they need (max_hole_px) as arguments, not the PrepareConfig."""
+    import ast
+    import inspect
+
+    from mssdf.data import sources as S
+
+    tree = ast.parse(inspect.getsource(S))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith("mssdf.data.prepare")}
+    assert "PrepareConfig" not in inspect.getsource(S)
+
+
+def test_extra_files_follow_the_source_blocks():
+    from mssdf.data import tasks as T
+
+    assert T.EXTRA_FILES == {n: ("dsm", "ndsm") for n, s in SOURCES.items() if "ndsm" in s.bands}
+    assert set(T.EXTRA_FILES) == {"autzen", "ign"}
 
 
 # ----------------------------------------------------------------------------- random crops

@@ -172,6 +172,36 @@ def test_stale_work_folders_removed_live_and_foreign_kept(raw, tmp_path):
         sleeper.wait()
 
 
+def test_legacy_work_folders_without_host_follow_the_pid_rule(tmp_path):
+    """Folders named the older way (``.<out>.tmp-<pid>``, no host) count as this host's."""
+    out = tmp_path / "out"
+    dead = _dead_pid()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = [tmp_path / f".out.tmp-{dead}", tmp_path / f".out.old-{dead}"]
+        kept = [tmp_path / f".out.tmp-{sleeper.pid}", tmp_path / f".out.old-{os.getppid()}",  # live runs
+                tmp_path / f".outer.tmp-{dead}", tmp_path / f".out.tmp-{dead}x"]
+        for p in stale + kept:
+            p.mkdir()
+            (p / "file").write_text("x")
+        assert sorted(remove_leftovers(out)) == sorted(stale)
+        assert [p.name for p in stale if p.exists()] == []
+        assert all((p / "file").is_file() for p in kept)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_legacy_old_folder_put_back(raw, tmp_path):
+    out = tmp_path / "out"
+    prepare(_cfg(raw, out), log=None)
+    before = (out / "index.csv").read_bytes()
+    old = tmp_path / f".out.old-{_dead_pid()}"
+    os.replace(out, old)  # a pre-host run killed between its two renames
+    assert remove_leftovers(out) == [old]
+    assert (out / "index.csv").read_bytes() == before and not old.exists()
+
+
 def test_pid_of_another_user_counts_as_alive(tmp_path, monkeypatch):
     out = tmp_path / "out"
     folder = work_dir(out, "tmp", pid=_dead_pid())

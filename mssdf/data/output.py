@@ -91,7 +91,9 @@ def write_prepared(cfg: PrepareConfig, scenes: dict[str, list[Scene]], out: Path
     per_task: dict[str, dict[str, int]] = {}
     for r in rows:
         per_task.setdefault(r["task"], {s: 0 for s in SPLITS})[r["split"]] += 1
-    return {"config": to_dict(cfg), "tiles_per_source": counts, "rows_per_task": per_task, "scene_notes": notes,
+    # each source's block with only the keys it accepts (to_dict would list the others as null)
+    config = {**to_dict(cfg), "sources": {name: SOURCES[name].block(s) for name, s in cfg.sources.items()}}
+    return {"config": config, "tiles_per_source": counts, "rows_per_task": per_task, "scene_notes": notes,
             "label_kinds": {t: spec.label_kind for t, spec in TASKS.items() if spec.source in scenes}}
 
 

@@ -160,6 +160,8 @@ def remove_leftovers(out: Path, say: Callable[..., Any] = lambda *a, **k: None) 
     Only folders named ``.<out name>.tmp-<host>-<pid>`` / ``.<out name>.old-<host>-<pid>``
     with this host's name and a pid that is no running process (or this process) are
     touched; other hosts' folders (a shared file system) and anything else are left alone.
+    Names without a host (``.<out name>.tmp-<pid>`` / ``.old-<pid>``, written before work
+    folders named their host) count as this host's, under the same pid rule.
     A run killed between its two renames left no ``out`` and the previous output in its
     ``.old-`` folder: that folder is put back as ``out`` instead of being removed.
 
@@ -168,11 +170,11 @@ def remove_leftovers(out: Path, say: Callable[..., Any] = lambda *a, **k: None) 
     """
     if not out.parent.is_dir():
         return []
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(.+)-([0-9]+)")
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(?:(.+)-)?([0-9]+)")  # no host: legacy name
     host, stale = _host(), []
     for p in sorted(out.parent.iterdir()):
         m = pattern.fullmatch(p.name)
-        if m and m[2] == host and p.is_dir() and not p.is_symlink():
+        if m and (m[2] is None or m[2] == host) and p.is_dir() and not p.is_symlink():
             pid = int(m[3])
             if pid > 0 and (pid == os.getpid() or not _alive(pid)):
                 stale.append((m[1], p))
@@ -216,7 +218,7 @@ def prepare(
     check_out_dir(out, raw, root)
     remove_leftovers(out, say)
     check_inputs(cfg.sources, raw)
-    scenes = load_scenes(cfg.sources, raw, cfg)
+    scenes = load_scenes(cfg.sources, raw, max_hole_px=cfg.max_hole_px)
     say(f"loaded {sum(map(len, scenes.values()))} scenes in {time.perf_counter() - t0:.1f}s")
 
     out.parent.mkdir(parents=True, exist_ok=True)

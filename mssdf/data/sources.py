@@ -3,10 +3,12 @@
 Each block declares, in one :class:`Source`: the raw files the source needs (relative to
 ``raw_dir``), its settings' defaults (which are also the keys its ``prepare.sources.<name>``
 block accepts: a key whose default is ``None`` is not a setting of that source), the band
-names of its arrays, its input checks beyond the common ones, its no-data fallback and
-its loader, which turns the raw files into aligned :class:`Scene` objects. Adding a
-source is adding one block here (and its tasks in :mod:`mssdf.data.tasks`); append it
-after the others, since a source's position seeds its spatial split.
+names of its arrays (a source with an ``ndsm`` entry gets its DSM and nDSM files on every
+index row: :data:`mssdf.data.tasks.EXTRA_FILES`), its input checks beyond the common ones,
+its no-data fallback and its loader, which turns the raw files into aligned :class:`Scene`
+objects. Adding a source is adding one block here (and its tasks in
+:mod:`mssdf.data.tasks`); append it after the others, since a source's position seeds its
+spatial split.
 
 No data in the raster sources, one rule for all (:func:`mssdf.data.io.nodata_to_nan`):
 NaN, the header's nodata value, or - for files that declare none - the source's
@@ -19,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -28,9 +30,6 @@ from mssdf.data import labels as L
 from mssdf.data.align import align_pair
 from mssdf.data.io import IGNORE_INDEX, DataError, check_aligned, raster_info, read_nan, read_raster
 from mssdf.data.lidar import read_las, rasterise
-
-if TYPE_CHECKING:
-    from mssdf.data.prepare import PrepareConfig
 
 
 @dataclass(frozen=True)
@@ -71,9 +70,13 @@ class Scene:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-# load(paths, settings, cfg): paths are the source's raw_files under raw_dir, in order;
-# settings its resolved SourceSettings; cfg the whole PrepareConfig (e.g. max_hole_px).
-Loader = Callable[[tuple[Path, ...], SourceSettings, "PrepareConfig"], list[Scene]]
+class Loader(Protocol):
+    """``load(paths, settings, max_hole_px=...)``: ``paths`` are the source's ``raw_files``
+    under ``raw_dir``, in order; ``settings`` its resolved :class:`SourceSettings`;
+    ``max_hole_px`` the largest lidar hole (pixels) filled when rasterising (sources that
+    rasterise points use it, the others ignore it)."""
+
+    def __call__(self, paths: tuple[Path, ...], s: SourceSettings, *, max_hole_px: int) -> list[Scene]: ...
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,10 @@ class Source:
     def accepts(self) -> tuple[str, ...]:
         """The keys of the source's settings block (those with a default)."""
         return tuple(f.name for f in dataclasses.fields(SourceSettings) if getattr(self.defaults, f.name) is not None)
+
+    def block(self, s: SourceSettings) -> dict[str, Any]:
+        """``s`` as this source's settings block: only the keys it accepts (none left ``None``)."""
+        return {k: getattr(s, k) for k in self.accepts}
 
     def paths(self, raw: Path) -> tuple[Path, ...]:
         return tuple(Path(raw) / rel for rel in self.raw_files)
@@ -121,8 +128,17 @@ SOURCES: dict[str, Source] = {}  # name -> Source, in declaration order
 
 
 def _register(source: Source) -> Source:
-    missing = {"tile", "stride", "block"} - set(source.accepts)
-    assert not missing and source.name not in SOURCES, (source.name, missing)
+    """Add ``source`` to :data:`SOURCES`.
+
+    Raises:
+        ValueError: a name already registered, or defaults lacking tile / stride / block
+            (every source's windows need them).
+    """
+    if source.name in SOURCES:
+        raise ValueError(f"source {source.name!r} is declared twice in mssdf.data.sources")
+    missing = sorted({"tile", "stride", "block"} - set(source.accepts))
+    if missing:
+        raise ValueError(f"source {source.name!r}: its defaults must set {', '.join(missing)} (every source's windows need them)")
     SOURCES[source.name] = source
     return source
 
@@ -138,10 +154,10 @@ def _read_pan(path: Path, source: Source) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- autzen
-def load_autzen(paths: tuple[Path, ...], s: SourceSettings, cfg: PrepareConfig) -> list[Scene]:
+def load_autzen(paths: tuple[Path, ...], s: SourceSettings, *, max_hole_px: int) -> list[Scene]:
     """Autzen lidar -> rgb, dsm, ndsm (and dtm) at ``res`` m; heights in metres."""
     (path,) = paths
-    r = rasterise(read_las(path), res=s.res, max_hole_px=cfg.max_hole_px)
+    r = rasterise(read_las(path), res=s.res, max_hole_px=max_hole_px)
     if r.rgb is None:
         raise DataError(f"{path}: points carry no RGB")
     valid = np.isfinite(r.dsm[0]) & np.isfinite(r.ndsm[0]) & np.all(np.isfinite(r.rgb), 0)
@@ -156,11 +172,11 @@ AUTZEN = _register(Source(
 
 
 # ----------------------------------------------------------------------------- ign
-def load_ign(paths: tuple[Path, ...], s: SourceSettings, cfg: PrepareConfig) -> list[Scene]:
+def load_ign(paths: tuple[Path, ...], s: SourceSettings, *, max_hole_px: int) -> list[Scene]:
     """IGN lidar -> rgb, ms (B, G, R, NIR raw), dsm, ndsm, ASPRS label at ``res`` m."""
     (path,) = paths
     pc = read_las(path)
-    r = rasterise(pc, res=s.res, max_hole_px=cfg.max_hole_px, min_density=s.min_density)
+    r = rasterise(pc, res=s.res, max_hole_px=max_hole_px, min_density=s.min_density)
     if r.rgb is None or r.nir is None:
         raise DataError(f"{path}: points carry no RGB and NIR")
     label = L.map_asprs(r.cls, path)
@@ -190,7 +206,7 @@ def check_rotterdam(paths: tuple[Path, ...]) -> None:
         raster_info(ms_p, expected_bands=4)
 
 
-def load_rotterdam(paths: tuple[Path, ...], s: SourceSettings, cfg: PrepareConfig) -> list[Scene]:
+def load_rotterdam(paths: tuple[Path, ...], s: SourceSettings, *, max_hole_px: int) -> list[Scene]:
     """Three SpaceNet 6 pan (0.5 m) / MS (1 m) pairs on a common grid at ``res`` m."""
     scenes = []
     for i, (pan_p, ms_p) in enumerate(_rotterdam_pairs(paths), 1):
@@ -217,7 +233,7 @@ def check_atlanta(paths: tuple[Path, ...]) -> None:
     L.read_geojson(gj_p)
 
 
-def load_atlanta(paths: tuple[Path, ...], s: SourceSettings, cfg: PrepareConfig) -> list[Scene]:
+def load_atlanta(paths: tuple[Path, ...], s: SourceSettings, *, max_hole_px: int) -> list[Scene]:
     """SpaceNet 4 Atlanta pan + rasterised footprints (label, instance ids), native grid."""
     img_p, gj_p = paths
     mask_p = img_p.with_name("sample_fp_mask.tif")  # optional, only compared with (see notes)
@@ -250,7 +266,7 @@ def check_lasvegas(paths: tuple[Path, ...]) -> None:
     check_aligned([raster_info(img_p, expected_bands=1), raster_info(mask_p, expected_bands=1)])
 
 
-def load_lasvegas(paths: tuple[Path, ...], s: SourceSettings, cfg: PrepareConfig) -> list[Scene]:
+def load_lasvegas(paths: tuple[Path, ...], s: SourceSettings, *, max_hole_px: int) -> list[Scene]:
     """SpaceNet 3 Las Vegas pan + road mask (kept on its native EPSG:4326 grid)."""
     img_p, mask_p, lines_p = paths
     info = raster_info(img_p)
@@ -334,9 +350,10 @@ def check_inputs(names: Iterable[str], raw: Path) -> None:
             source.check(paths)
 
 
-def load_scenes(settings: Mapping[str, SourceSettings], raw: Path, cfg: PrepareConfig) -> dict[str, list[Scene]]:
-    """Every selected source's scenes: ``{name: [Scene, ...]}`` in the order of ``settings``."""
-    return {name: SOURCES[name].load(SOURCES[name].paths(raw), s, cfg) for name, s in settings.items()}
+def load_scenes(settings: Mapping[str, SourceSettings], raw: Path, *, max_hole_px: int) -> dict[str, list[Scene]]:
+    """Every selected source's scenes: ``{name: [Scene, ...]}`` in the order of ``settings``
+    (``max_hole_px``: see :class:`Loader`)."""
+    return {name: SOURCES[name].load(SOURCES[name].paths(raw), s, max_hole_px=max_hole_px) for name, s in settings.items()}
 
 
 def split_seed(seed: int, name: str) -> int:
@@ -344,4 +361,4 @@ def split_seed(seed: int, name: str) -> int:
     return seed + list(SOURCES).index(name)
 
 
-__all__ = ["SOURCES", "Scene", "Source", "SourceSettings", "check_inputs", "load_scenes", "resolve_settings", "split_seed"]
+__all__ = ["SOURCES", "Loader", "Scene", "Source", "SourceSettings", "check_inputs", "load_scenes", "resolve_settings", "split_seed"]

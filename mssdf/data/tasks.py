@@ -13,6 +13,7 @@ from typing import Any
 
 from mssdf.config import to_dict
 from mssdf.data import labels as L
+from mssdf.data.sources import SOURCES
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,11 @@ TASKS: dict[str, TaskSpec] = {
     ),
 }
 
-# Files every index row of a source lists besides its task's own (SampleTiles can then
-# return the nDSM in place of the DSM: ``dsm_source="ndsm"``).
-EXTRA_FILES: dict[str, tuple[str, ...]] = {"autzen": ("dsm", "ndsm"), "ign": ("dsm", "ndsm")}
+# Files every index row of a source lists besides its task's own: the DSM and the nDSM of
+# every source that has an nDSM (an ``ndsm`` band entry in its block in
+# :mod:`mssdf.data.sources`), so SampleTiles can return the nDSM in place of the DSM
+# (``dsm_source="ndsm"``).
+EXTRA_FILES: dict[str, tuple[str, ...]] = {name: ("dsm", "ndsm") for name, src in SOURCES.items() if "ndsm" in src.bands}
 
 
 def source_tasks(source: str) -> list[str]:

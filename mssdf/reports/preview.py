@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from mssdf.data.io import IGNORE_INDEX, read_raster
 from mssdf.data.index import read_index
+from mssdf.data.io import IGNORE_INDEX, read_raster
+from mssdf.data.sources import SOURCES
 from mssdf.data.tasks import TASKS
 from mssdf.data.tiling import SPLITS
+from mssdf.modalities import CHANNELS
 from mssdf.reports.plots import stretch
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
@@ -35,6 +37,14 @@ def _scene(out: Path, source: str, scene: str, key: str) -> np.ndarray:
     return read_raster(out / "scenes" / source / scene / f"{key}.tif")
 
 
+def _scene_res(out: Path, source: str, scene: str) -> float:
+    """Metres per pixel of a prepared scene: the index's ``res_m`` (the scene's grid; its
+    transform may be in feet when a lidar CRS could not be rewritten in metres), else the
+    source's default ``res``."""
+    res = {r["res_m"] for r in read_index(out) if r["source"] == source and r["scene"] == scene}
+    return float(res.pop()) if len(res) == 1 else float(SOURCES[source].defaults.res)
+
+
 def scene_previews(out: str | Path, sources: list[str]):
     """One row per source: the inputs (RGB / pan, false-colour NIR, DSM hillshade, nDSM) and labels."""
     import matplotlib.pyplot as plt
@@ -43,19 +53,20 @@ def scene_previews(out: str | Path, sources: list[str]):
     panels: list[tuple[str, Any, dict]] = []
     if "autzen" in sources:
         dsm = _scene(out, "autzen", "autzen", "dsm")[0]
-        panels += [("Autzen RGB (lidar colour, 1 m)", stretch(_scene(out, "autzen", "autzen", "rgb"), 0, 100), {}),
-                   ("Autzen DSM hillshade (m)", hillshade(dsm, 1.0), {"cmap": "gray"}),
+        res = _scene_res(out, "autzen", "autzen")
+        panels += [(f"Autzen RGB (lidar colour, {res:g} m)", stretch(_scene(out, "autzen", "autzen", "rgb"), 0, 100), {}),
+                   ("Autzen DSM hillshade (m)", hillshade(dsm, res), {"cmap": "gray"}),
                    ("Autzen nDSM = height target (m)", _scene(out, "autzen", "autzen", "ndsm")[0], {"cmap": "viridis", "bar": True})]
     if "ign" in sources:
         ms = _scene(out, "ign", "ign", "ms")  # B, G, R, NIR
-        res = float(json.loads((out / "summary.json").read_text())["config"]["sources"]["ign"]["res"]) if (out / "summary.json").exists() else 0.5
+        res = _scene_res(out, "ign", "ign")
         panels += [("IGN RGB", stretch(_scene(out, "ign", "ign", "rgb"), 0, 100), {}),
                    ("IGN false colour (NIR, R, G)", stretch(ms[[3, 2, 1]]), {}),
                    ("IGN DSM hillshade", hillshade(_scene(out, "ign", "ign", "dsm")[0], res), {"cmap": "gray"}),
                    (f"IGN ASPRS label ({IGNORE_INDEX} = ignore)", np.ma.masked_equal(_scene(out, "ign", "ign", "label")[0], IGNORE_INDEX), {"cmap": "tab10", "vmin": 0, "vmax": 9})]
     if "rotterdam" in sources:
         ms = _scene(out, "rotterdam", "rotterdam1", "ms")
-        panels += [("Rotterdam 1 pan (0.5 m)", stretch(_scene(out, "rotterdam", "rotterdam1", "pan"))[..., 0], {"cmap": "gray"}),
+        panels += [(f"Rotterdam 1 pan ({_scene_res(out, 'rotterdam', 'rotterdam1'):g} m)", stretch(_scene(out, "rotterdam", "rotterdam1", "pan"))[..., 0], {"cmap": "gray"}),
                    ("Rotterdam 1 MS true colour (R, G, B)", stretch(ms[[2, 1, 0]]), {}),
                    ("Rotterdam 1 MS false colour (NIR, R, G)", stretch(ms[[3, 2, 1]]), {})]
     if "atlanta" in sources:
@@ -120,7 +131,7 @@ def band_histograms(out: str | Path, max_tiles: int = 64):
     out = Path(out)
     rows = [r for r in read_index(out) if r["split"] == "train"]
     stats = json.loads((out / "stats.json").read_text())
-    pairs = sorted({(r["source"], k) for r in rows for k in r["files"] if k in ("rgb", "ms", "pan", "dsm", "ndsm")})
+    pairs = sorted({(r["source"], k) for r in rows for k in r["files"] if k in CHANNELS})
     ncols = 4
     nrows = -(-len(pairs) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.8 * nrows), squeeze=False)
