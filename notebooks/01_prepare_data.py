@@ -32,7 +32,7 @@
 prepare = {
     "raw_dir": "data/raw",
     "out_dir": "scratch/prepare",
-    "sources": {"autzen": {"stride": 32}, "ign": {"stride": 16}, "rotterdam": {}, "atlanta": {}, "lasvegas": {}},
+    "sources": {"autzen": {"stride": 32}, "ign": {"stride": 16}, "rotterdam": {}, "atlanta": {}, "lasvegas": {}, "neon": {}},
 }
 
 # %%
@@ -139,7 +139,9 @@ print(json.dumps(summary["scene_notes"], indent=1))
 #
 # Prepared tiles keep their sources' licences: SpaceNet tiles (Rotterdam, Atlanta, Las Vegas) are
 # CC BY-SA 4.0 (footprint attributes from OpenStreetMap, ODbL), the Autzen lidar comes with laspy/PDAL
-# (BSD-2-Clause), the Lambert-93 lidar is most likely IGN LiDAR HD (Etalab Open Licence 2.0).
+# (BSD-2-Clause), the Lambert-93 lidar is most likely IGN LiDAR HD (Etalab Open Licence 2.0), and
+# the NEON airborne RGB is public domain (CC0 1.0; attribution: National Ecological Observatory
+# Network), with tree-crown boxes by the DeepForest authors (MIT).
 
 # %%
 print((OUT / "LICENSE.md").read_text())

@@ -103,7 +103,7 @@ def make_ign(path: Path, size_m: float = 24.0) -> Path:
     return write_las(path, x + 698000.0, y + 6259900.0, z, cls, rgb, nir, wkt=CRS.from_epsg(2154).to_wkt())
 
 
-def make_raw(root: Path, rotterdam_px: int = 64, atlanta_px: int = 96, lasvegas_px: int = 96) -> Path:
+def make_raw(root: Path, rotterdam_px: int = 64, atlanta_px: int = 96, lasvegas_px: int = 96, neon_px: int = 64) -> Path:
     """Write a complete fake ``data/raw`` under ``root``; returns ``root``."""
     rng = np.random.default_rng(0)
     make_autzen(root / "laspy/autzen_trim.laz")
@@ -141,8 +141,19 @@ def make_raw(root: Path, rotterdam_px: int = 64, atlanta_px: int = 96, lasvegas_
         "type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:OGC:1.3:CRS84"}},
         "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "LineString",
                       "coordinates": [[-115.3, 36.15], [-115.29, 36.16]]}}]}))
+    make_neon(root / "deepforest", rng, neon_px)
     (root / "LICENSE.md").write_text("fake sample for tests\n")
     return root
+
+
+def make_neon(folder: Path, rng: np.random.Generator, px: int = 64) -> None:
+    """Fake NEON RGB: one georeferenced 3-band GeoTIFF (UTM, 0.1 m) and three PNGs without a CRS."""
+    from PIL import Image
+
+    write_tif(folder / "OSBS_029.tif", rng.integers(0, 256, (3, px, px)).astype(np.uint8), "EPSG:32617",
+              Affine(0.1, 0, 404000.0, 0, -0.1, 3285000.0))
+    for name in ("2019_YELL_2_528000_4978000_image_crop2.png", "2019_YELL_2_541000_4977000_image_crop.png", "SOAP_061.png"):
+        Image.fromarray(rng.integers(0, 256, (px, px, 3)).astype(np.uint8)).save(folder / name)
 
 
 # Small tiles so the fakes give tiles in every source (``prepare.sources`` blocks).
@@ -152,6 +163,7 @@ SMALL_SOURCES = {
     "rotterdam": dict(tile=16, stride=16, block=32),
     "atlanta": dict(tile=32, stride=16, block=32),
     "lasvegas": dict(tile=32, stride=32, block=32),
+    "neon": dict(res=0.2, tile=16, stride=16, block=32),
 }
 
 

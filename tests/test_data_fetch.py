@@ -8,6 +8,7 @@ import json
 import tarfile
 import zipfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -85,4 +86,7 @@ def test_pinned_hashes_match_docs():
     assert {a.filename: a.sha256 for a in F.ARCHIVES} == {
         "laspy-2.7.0.tar.gz": "f56feb5445e75d6ff12ee814aab6a35339290e75264ff277c6bf553f3025a3f5",
         "solaris-0.4.0-py3-none-any.whl": "09445946221410ebb2ae807580cf7dea9fe3c9aa3bf045947b61a162d2d3a8df",
+        "deepforest-2.1.0-py3-none-any.whl": "8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54",
     }
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    assert all(a.sha256 in docs for a in F.ARCHIVES)  # the data spec names every pinned hash

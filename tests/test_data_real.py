@@ -24,13 +24,14 @@ RAW = resolve("data/raw")
 def test_prepare_real_sample(tmp_path):
     assert check_manifest(RAW) == [], "data/raw differs from its manifest: re-run the fetch"
     sources = {"autzen": SourceSettings(stride=32), "ign": SourceSettings(stride=16), "rotterdam": SourceSettings(),
-               "atlanta": SourceSettings(), "lasvegas": SourceSettings(tile=128, stride=128, block=256)}
+               "atlanta": SourceSettings(), "lasvegas": SourceSettings(tile=128, stride=128, block=256),
+               "neon": SourceSettings()}
     cfg = PrepareConfig(raw_dir=str(RAW), out_dir=str(tmp_path / "prepared"), sources=sources, build_cache=True)
     summary = prepare(cfg, log=None)
     out = tmp_path / "prepared"
     rows = read_index(out)
     assert {r["task"] for r in rows} == set(TASKS)
-    for task in ("pretrain_rotterdam", "seg_buildings", "seg_roads", "change", "detection", "scene"):
+    for task in ("pretrain_rotterdam", "pretrain_neon", "seg_buildings", "seg_roads", "change", "detection", "scene"):
         assert all(summary["rows_per_task"][task][s] > 0 for s in ("train", "val", "test")), task
     # Autzen heights are metres (the file is in feet): roofs/trees of a few to ~30 m, DSM ~ 120-160 m
     stats = json.loads((out / "stats.json").read_text())

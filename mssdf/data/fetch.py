@@ -1,11 +1,13 @@
 """Fetch the embedded real sample (docs/data.md section A) with pip alone.
 
-Two pinned archives from the package registry are downloaded (never installed), checked
+Three pinned archives from the package registry are downloaded (never installed), checked
 against their sha256, and only the needed files are extracted into ``<out>/<source>/``:
 
 * ``laspy==2.7.0`` source archive -> ``laspy/autzen_trim.laz``, ``laspy/append-bug.laz``
 * ``solaris==0.4.0`` wheel -> ``solaris/preproc_tutorial/{ms,pan}{1,2,3}.tif``, the
-  Atlanta (SpaceNet 4) and Las Vegas (SpaceNet 3) samples.
+  Atlanta (SpaceNet 4) and Las Vegas (SpaceNet 3) samples;
+* ``deepforest==2.1.0`` wheel -> ``deepforest/``: four NEON airborne RGB images (0.1 m)
+  and their 951 tree-crown boxes (Pascal VOC XML; CSV for OSBS_029).
 
 pip >= 24.1 refuses solaris 0.4.0's metadata, so the wheel is downloaded with a pip older
 than 24.1: the running interpreter's own pip if it is old enough, else one installed into
@@ -82,6 +84,21 @@ ARCHIVES: tuple[Archive, ...] = (
         },
         needs_old_pip=True,
     ),
+    Archive(
+        source="deepforest",
+        filename="deepforest-2.1.0-py3-none-any.whl",
+        sha256="8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54",
+        pip_args=("--only-binary", ":all:", "deepforest==2.1.0"),
+        members={
+            **{f"deepforest/data/{name}": name for name in (
+                "OSBS_029.tif", "OSBS_029.xml", "OSBS_029.csv",
+                "2019_YELL_2_528000_4978000_image_crop2.png", "2019_YELL_2_528000_4978000_image_crop2.xml",
+                "2019_YELL_2_541000_4977000_image_crop.png", "2019_YELL_2_541000_4977000_image_crop.xml",
+                "SOAP_061.png", "SOAP_061.xml",
+            )},
+            "deepforest-2.1.0.dist-info/licenses/LICENSE": "LICENSE-deepforest.txt",
+        },
+    ),
 )
 
 OLD_PIP_SPEC = "pip<24.1"
@@ -89,7 +106,7 @@ OLD_PIP_SPEC = "pip<24.1"
 LICENSE_MD = """\
 # Licences and attribution of the embedded real sample
 
-These files were extracted, unmodified, from two archives on the Python package index
+These files were extracted, unmodified, from three archives on the Python package index
 (see README.md). They keep their original licences; anything derived from them (the
 prepared tiles in `data/prepared`) inherits the same terms, and CC BY-SA data stays
 CC BY-SA when redistributed.
@@ -101,12 +118,16 @@ CC BY-SA when redistributed.
 | `solaris/preproc_tutorial/ms{1,2,3}.tif`, `pan{1,2,3}.tif` | SpaceNet 6 (Rotterdam), from the solaris 0.4.0 wheel | CC BY-SA 4.0 - "SpaceNet 6: Multi-Sensor All Weather Mapping", SpaceNet LLC / Capella Space / Maxar |
 | `solaris/sample_geotiff.tif`, `geotiff_labels.geojson`, `sample_fp_mask.tif` | SpaceNet 4 (Atlanta), from the solaris 0.4.0 wheel | CC BY-SA 4.0 (SpaceNet, Maxar imagery); building footprint attributes from OpenStreetMap, (c) OpenStreetMap contributors, ODbL 1.0 |
 | `solaris/road_mask_input.tif`, `sample_road_raster_mask.tif`, `sample_roads.geojson` | SpaceNet 3 (Las Vegas), from the solaris 0.4.0 wheel | CC BY-SA 4.0 (SpaceNet, Maxar imagery) |
+| `deepforest/OSBS_029.tif`, `2019_YELL_2_*.png`, `SOAP_061.png` | NEON Airborne Observation Platform RGB camera mosaics (0.1 m): Ordway-Swisher (OSBS, Florida), Yellowstone (YELL), Soaproot Saddle (SOAP, California); shipped in the deepforest 2.1.0 wheel | NEON data are released to the public domain under CC0 1.0 (NEON data usage policy); attribution to the National Ecological Observatory Network (NEON), no endorsement implied |
+| `deepforest/*.xml`, `OSBS_029.csv` | tree-crown boxes (Tree; SOAP_061: Alive / Dead) annotated by the DeepForest authors (Weinstein et al., weecology), from the deepforest 2.1.0 wheel | MIT (the deepforest package; see `deepforest/LICENSE-deepforest.txt`) |
 
-The solaris code itself is Apache-2.0; laspy is BSD-2-Clause. Licence texts:
+The solaris code itself is Apache-2.0; laspy is BSD-2-Clause; deepforest is MIT. Licence texts:
 BSD-2-Clause https://opensource.org/license/bsd-2-clause,
 Etalab 2.0 https://www.etalab.gouv.fr/licence-ouverte-open-licence,
 CC BY-SA 4.0 https://creativecommons.org/licenses/by-sa/4.0/,
-ODbL 1.0 https://opendatacommons.org/licenses/odbl/1-0/.
+ODbL 1.0 https://opendatacommons.org/licenses/odbl/1-0/,
+CC0 1.0 https://creativecommons.org/publicdomain/zero/1.0/ (NEON: https://www.neonscience.org/usage-policies),
+MIT https://opensource.org/license/mit.
 """
 
 README_MD = """\
@@ -122,11 +143,15 @@ Sources (downloaded with `pip download --no-deps`, sha256-checked, never install
 - `solaris==0.4.0` wheel `solaris-0.4.0-py3-none-any.whl`
   (sha256 09445946221410ebb2ae807580cf7dea9fe3c9aa3bf045947b61a162d2d3a8df),
   downloaded with pip<24.1 (newer pip rejects its metadata).
+- `deepforest==2.1.0` wheel `deepforest-2.1.0-py3-none-any.whl`
+  (sha256 8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54).
 
 Contents: Autzen lidar (RGB, heights in feet, ground class), an IGN-like Lambert-93
 lidar extract (RGB, NIR, ASPRS classes), SpaceNet 6 Rotterdam multispectral (1 m) and
 panchromatic (0.5 m) pairs, the SpaceNet 4 Atlanta panchromatic image with 43 building
-footprints, and the SpaceNet 3 Las Vegas panchromatic image with its road mask.
+footprints, the SpaceNet 3 Las Vegas panchromatic image with its road mask, and four NEON
+airborne RGB images (0.1 m; OSBS_029 georeferenced, the PNGs not) with 951 tree-crown
+boxes (SOAP_061: alive / dead).
 `MANIFEST.json` lists every file's sha256. Licences: see LICENSE.md.
 
 Change-detection and scene-classification labels do NOT exist in these sources: the

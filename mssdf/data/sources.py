@@ -295,6 +295,73 @@ LASVEGAS = _register(Source(
 ))
 
 
+# ----------------------------------------------------------------------------- neon
+NEON_RES = 0.1  # metres per pixel of the NEON airborne RGB mosaics
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """``(3, H, W)`` float32 of an 8-bit RGB GeoTIFF or PNG. PNGs are decoded by Pillow,
+    which refuses a truncated file (GDAL's PNG driver returns what it could read)."""
+    if path.suffix.lower() != ".png":
+        return read_raster(path, expected_bands=3)
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode != "RGB":
+                raise DataError(f"{path}: expected an 8-bit RGB image, got mode {img.mode}")
+            return np.asarray(img, dtype=np.float32).transpose(2, 0, 1).copy()
+    except OSError as err:
+        raise DataError(f"{path}: not a readable PNG ({err})") from err
+
+
+def check_neon(paths: tuple[Path, ...]) -> None:
+    for p in paths:
+        _read_rgb(p)  # full decode: truncated files fail here, before any work
+
+
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """``(C, H, W)`` → ``(C, H // factor, W // factor)`` means of ``factor``² blocks
+    (area resampling; the right and bottom remainders are dropped)."""
+    c, h, w = image.shape
+    hh, ww = h // factor, w // factor
+    return image[:, : hh * factor, : ww * factor].reshape(c, hh, factor, ww, factor).mean(axis=(2, 4))
+
+
+def load_neon(paths: tuple[Path, ...], s: SourceSettings, *, max_hole_px: int) -> list[Scene]:
+    """NEON airborne RGB (0.1 m; deepforest 2.1.0) → rgb at ``res`` m by block means.
+
+    OSBS_029.tif is georeferenced (UTM); the PNG crops are not, and keep a pixel grid
+    with no CRS (their tiles carry no map position: no other source overlaps them).
+    """
+    factor = round(s.res / NEON_RES)
+    if factor < 1 or abs(factor * NEON_RES - s.res) > 1e-9:
+        raise DataError(f"prepare.sources.neon.res={s.res}: must be a whole multiple of the {NEON_RES} m NEON pixels")
+    from rasterio.transform import Affine
+
+    scenes = []
+    for p in paths:
+        info = raster_info(p, expected_bands=3)
+        rgb = block_mean(_read_rgb(p), factor).astype(np.float32)
+        if info.crs is not None:
+            transform = Affine(*info.transform) @ Affine.scale(factor)
+        else:
+            transform = Affine(s.res, 0.0, 0.0, 0.0, -s.res, 0.0)
+        name = "neon_" + p.stem.lower().replace("2019_", "").replace("_image", "")
+        scenes.append(Scene("neon", name, info.crs, transform, s.res, {"rgb": rgb}, np.all(np.isfinite(rgb), 0),
+                            files=(p,), notes={"native_res_m": NEON_RES, "factor": factor, "georeferenced": info.crs is not None}))
+    return scenes
+
+
+NEON = _register(Source(
+    "neon",
+    tuple(f"deepforest/{n}" for n in ("OSBS_029.tif", "2019_YELL_2_528000_4978000_image_crop2.png",
+                                      "2019_YELL_2_541000_4977000_image_crop.png", "SOAP_061.png")),
+    SourceSettings(res=0.4, tile=64, stride=64, block=128), {"rgb": ["red", "green", "blue"]}, load_neon, check_neon,
+))
+
+
 # ----------------------------------------------------------------------------- all sources
 def resolve_settings(given: Mapping[str, SourceSettings | Mapping[str, Any]], path: str = "sources") -> dict[str, SourceSettings]:
     """The selected sources (the keys, order kept), each with its defaults filled in.

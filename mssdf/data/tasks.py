@@ -66,6 +66,7 @@ TASKS: dict[str, TaskSpec] = {
     "pretrain_autzen": TaskSpec("autzen", ("rgb", "dsm"), (), "none", description="RGB <-> DSM pairs (Autzen lidar, 1 m)"),
     "pretrain_ign": TaskSpec("ign", ("rgb", "ms", "dsm"), (), "none", description="RGB + MS(B,G,R,NIR) <-> DSM (IGN lidar)"),
     "pretrain_rotterdam": TaskSpec("rotterdam", ("pan", "ms"), (), "none", description="pan <-> MS pairs (SpaceNet 6 Rotterdam)"),
+    "pretrain_neon": TaskSpec("neon", ("rgb",), (), "none", description="RGB alone (NEON airborne, 0.1 m, block-mean resampled)"),
     "height": TaskSpec("autzen", ("rgb",), ("height",), "real", description="RGB -> nDSM height (m), the US3D analogue",
                        target_files=(("height", "ndsm.tif"),)),
     "seg_asprs": TaskSpec("ign", ("rgb", "ms", "dsm"), ("label",), "real", _asprs_names(), "ASPRS classes of the top point",

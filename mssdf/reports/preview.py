@@ -75,6 +75,11 @@ def scene_previews(out: str | Path, sources: list[str]):
     if "lasvegas" in sources:
         pan = stretch(_scene(out, "lasvegas", "lasvegas", "pan"))[..., 0]
         panels += [("Las Vegas pan + road mask", (pan, _scene(out, "lasvegas", "lasvegas", "label")[0]), {"overlay": True})]
+    if "neon" in sources:
+        for scene in ("neon_yell_2_541000_4977000_crop", "neon_soap_061"):
+            if (out / "scenes" / "neon" / scene).is_dir():
+                panels += [(f"NEON {scene[5:].upper()} RGB ({_scene_res(out, 'neon', scene):g} m)",
+                            stretch(_scene(out, "neon", scene, "rgb"), 0, 100, per_band=False), {})]
     ncols = 4
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.0 * nrows), squeeze=False)
@@ -108,9 +113,13 @@ def tile_maps(out: str | Path):
     for r in rows:
         first_task.setdefault(r["source"], r["task"])
     scenes = sorted({(r["source"], r["scene"]) for r in rows})
-    fig, axes = plt.subplots(1, len(scenes), figsize=(3.2 * len(scenes), 3.4), squeeze=False)
+    ncols = min(6, len(scenes))
+    nrows = -(-len(scenes) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in list(axes.flat)[len(scenes):]:
+        ax.axis("off")
     for ax, (source, scene) in zip(axes.flat, scenes):
-        key = "pan" if source in ("rotterdam", "atlanta", "lasvegas") else "dsm"
+        key = next(k for k in ("dsm", "pan", "rgb") if k in SOURCES[source].bands)  # heights, else the image
         base = _scene(out, source, scene, key)
         ax.imshow(stretch(base)[..., 0], cmap="gray")
         for r in rows:
@@ -120,7 +129,7 @@ def tile_maps(out: str | Path):
         ax.set_title(scene, fontsize=9)
         ax.axis("off")
     fig.legend(handles=[Patch(color=c, label=s) for s, c in SPLIT_COLOURS.items()], loc="lower center", ncol=3)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.08 / nrows, 1, 1))
     return fig
 
 
