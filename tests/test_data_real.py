@@ -45,3 +45,7 @@ def test_prepare_real_sample(tmp_path):
         size = next(iter(rs))[3]
         assert split_overlaps(wins, sp, size, (int(wins[:, 0].max()) + size, int(wins[:, 1].max()) + size)) == 0
     assert summary["scene_notes"]["atlanta"]["footprints"] == 43
+    from mssdf.data.footprints import leaks
+
+    for task in (t for t in TASKS if t.startswith("pretrain_")):  # on the ground: no pre-training tile meets val/test
+        assert leaks(out, [r for r in rows if r["task"] == task and r["split"] == "train"], rows) == [], task

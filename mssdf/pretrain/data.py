@@ -90,7 +90,9 @@ def check_data(cfg: PretrainConfig, root: str | Path | None = None) -> Path | No
     Returns:
         the resolved data folder (None for synthetic data).
     Raises:
-        DataError: naming the missing path.
+        DataError: naming the missing path, or the tiles of a validation or test area of a
+            downstream task the run's tiles overlap on the ground
+            (:func:`mssdf.data.footprints.leaks`).
     """
     if cfg.data.kind == "synthetic":
         return None
@@ -105,13 +107,19 @@ def check_data(cfg: PretrainConfig, root: str | Path | None = None) -> Path | No
     for name in ("index.csv", "stats.json"):
         if not (folder / name).is_file():
             raise DataError(f"data.root: {folder / name}: missing (run the preparation first)")
+    from mssdf.data.footprints import describe, leaks
     from mssdf.data.index import read_index
     from mssdf.data.tasks import TASKS
 
     source = TASKS[cfg.data.task].source
-    rows = [r for r in read_index(folder) if r["task"] == cfg.data.task and r["split"] == cfg.data.split]
+    index = read_index(folder)
+    rows = [r for r in index if r["task"] == cfg.data.task and r["split"] == cfg.data.split]
     if not rows:
         raise DataError(f"data.task: {folder / 'index.csv'} has no {cfg.data.split} tiles of task {cfg.data.task!r}")
+    found = leaks(folder, rows, index)  # on the ground, not by split names
+    if found:
+        raise DataError(f"data.split: pre-training on the {cfg.data.split} tiles of {cfg.data.task!r} would read validation/test "
+                        f"areas of downstream tasks ({len(found)} overlapping tile pairs): {describe(found)}")
     if cfg.data.backend == "npy":
         cache = folder / "cache" / source / cfg.data.split
         if not (cache / "tiles.json").is_file():
