@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from data_fakes import make_raw, small_sources
-from mssdf.config import from_dict
+from mssdf.config import ConfigError, from_dict
 from mssdf.data.index import read_index
 from mssdf.data.io import DataError, raster_info, read_raster
 from mssdf.data.prepare import PrepareConfig, prepare
@@ -55,12 +53,11 @@ def test_rgb_only_pretraining_tiles_in_every_split(neon):
 
 
 def test_res_must_be_a_whole_multiple_of_the_native_pixels(neon, tmp_path):
-    _, _, raw = neon
-    cfg = from_dict(PrepareConfig, {"raw_dir": str(raw), "out_dir": str(tmp_path / "o"),
-                                    "sources": small_sources("neon", neon={"res": 0.25})})
-    with pytest.raises(DataError, match=r"prepare\.sources\.neon\.res=0\.25: must be a whole multiple of the 0\.1 m"):
-        prepare(cfg, log=None)
-    assert not (tmp_path / "o").exists()
+    _, _, raw = neon  # refused when the config is built, before any file is read
+    with pytest.raises(ConfigError, match=r"prepare\.sources\.neon\.res=0\.25: must be a whole multiple of the 0\.1 m"):
+        from_dict(PrepareConfig, {"raw_dir": str(raw), "out_dir": str(tmp_path / "o"),
+                                  "sources": small_sources("neon", neon={"res": 0.25})}, "prepare")
+    assert from_dict(PrepareConfig, {"sources": small_sources("neon", neon={"res": 0.3})}).sources["neon"].res == 0.3
 
 
 def test_truncated_png_fails_before_any_work_naming_it(tmp_path):
@@ -73,6 +70,9 @@ def test_truncated_png_fails_before_any_work_naming_it(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_source_declares_the_four_images_of_the_archive():
-    assert NEON.raw_files[0] == "deepforest/OSBS_029.tif" and len(NEON.raw_files) == 4
-    assert Image  # PIL writes the fake PNGs (pillow is a declared dependency)
+def test_source_reads_the_four_images_the_fetch_extracts():
+    from mssdf.data.fetch import ARCHIVES
+
+    (archive,) = [a for a in ARCHIVES if a.source == "deepforest"]
+    images = {f"deepforest/{rel}" for rel in archive.members.values() if rel.endswith((".tif", ".png"))}
+    assert set(NEON.raw_files) == images and len(images) == 4

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from mssdf.data.io import raster_info
+from mssdf.data.io import DataError, raster_info
 
 #: Splits no pre-training may touch.
 EVALUATION_SPLITS = ("val", "test")
@@ -57,8 +57,6 @@ def _scene_grids(root: Path, rows: Iterable[dict[str, Any]]) -> dict[tuple[str, 
         folder = root / "scenes" / r["source"] / r["scene"]
         files = sorted(folder.glob("*.tif"))
         if not files:
-            from mssdf.data.io import DataError
-
             raise DataError(f"{folder}: no scene raster to place the tiles of {r['source']}/{r['scene']} on the ground")
         info = raster_info(files[0])
         grids[key] = (info.crs, info.transform)

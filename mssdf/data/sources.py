@@ -90,6 +90,7 @@ class Source:
     load: Loader
     check: Callable[[tuple[Path, ...]], None] | None = None  # checks beyond presence and readability
     nodata_fallback: float | None = None
+    validate: Callable[[SourceSettings, str], None] | None = None  # source-specific setting rules (ConfigError)
 
     @property
     def accepts(self) -> tuple[str, ...]:
@@ -121,6 +122,8 @@ class Source:
             raise ConfigError(f"{path}.block={s.block} must be at least {path}.tile={s.tile}")
         if s.res is not None and not s.res > 0:
             raise ConfigError(f"{path}.res={s.res} must be positive (metres per pixel)")
+        if self.validate is not None:
+            self.validate(s, path)
         return s
 
 
@@ -329,15 +332,20 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return image[:, : hh * factor, : ww * factor].reshape(c, hh, factor, ww, factor).mean(axis=(2, 4))
 
 
+def validate_neon(s: SourceSettings, path: str) -> None:
+    """``res`` must be a whole multiple of the native pixels (area resampling by block means)."""
+    factor = round(s.res / NEON_RES)
+    if factor < 1 or abs(factor * NEON_RES - s.res) > 1e-9:
+        raise ConfigError(f"{path}.res={s.res}: must be a whole multiple of the {NEON_RES} m NEON pixels")
+
+
 def load_neon(paths: tuple[Path, ...], s: SourceSettings, *, max_hole_px: int) -> list[Scene]:
     """NEON airborne RGB (0.1 m; deepforest 2.1.0) → rgb at ``res`` m by block means.
 
     OSBS_029.tif is georeferenced (UTM); the PNG crops are not, and keep a pixel grid
     with no CRS (their tiles carry no map position: no other source overlaps them).
     """
-    factor = round(s.res / NEON_RES)
-    if factor < 1 or abs(factor * NEON_RES - s.res) > 1e-9:
-        raise DataError(f"prepare.sources.neon.res={s.res}: must be a whole multiple of the {NEON_RES} m NEON pixels")
+    factor = round(s.res / NEON_RES)  # a whole number (validate_neon)
     from rasterio.transform import Affine
 
     scenes = []
@@ -358,7 +366,7 @@ NEON = _register(Source(
     "neon",
     tuple(f"deepforest/{n}" for n in ("OSBS_029.tif", "2019_YELL_2_528000_4978000_image_crop2.png",
                                       "2019_YELL_2_541000_4977000_image_crop.png", "SOAP_061.png")),
-    SourceSettings(res=0.4, tile=64, stride=64, block=128), {"rgb": ["red", "green", "blue"]}, load_neon, check_neon,
+    SourceSettings(res=0.4, tile=64, stride=64, block=128), {"rgb": ["red", "green", "blue"]}, load_neon, check_neon, validate=validate_neon,
 ))
 
 
