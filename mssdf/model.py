@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal, Mapping
+from typing import Iterable, Literal, Mapping
 
 import torch
 import torch.nn as nn
@@ -422,6 +422,19 @@ class MSSDF(nn.Module):
         if self.teacher is not None:
             self.teacher.eval()
         return self
+
+    def idle_parameters(self, modalities: Iterable[str]) -> list[nn.Parameter]:
+        """The per-modality parameters a batch of ``modalities`` does not use: the patch
+        embeddings, mask tokens and pixel heads of the model's other modalities."""
+        present = set(modalities)
+        out: list[nn.Parameter] = []
+        for m in self.cfg.modalities:
+            if m in present:
+                continue
+            out += list(self.encoder.patch_embed.proj[m].parameters()) + [self.mask_tokens[m]]
+            if self.cfg.target == "pixels":
+                out += list(self.pixel_heads[m].parameters())
+        return out
 
     def student_parameters(self):
         """Trainable parameters (everything but the teacher)."""

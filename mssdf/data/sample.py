@@ -66,6 +66,11 @@ class SampleTiles(Dataset):
             (same seed, :meth:`set_epoch`) draws the same ones again.
         backend: ``"npy"`` (memory-mapped cache) or ``"tif"`` (GeoTIFF per tile).
         fill_nodata: replace NaN input pixels by the train mean of their band.
+        normalize: standardise every input band with its source's *train* statistics
+            (``(x - mean) / std`` from ``stats.json``; filled no-data pixels become 0).
+            Each source is standardised by its own statistics: one modality differs
+            between sources by up to two orders of magnitude (``docs/method.md`` §
+            "Normalisation across sources").
         transform: optional callable applied to the sample dict.
         seed: seed of the random crops (``set_epoch`` selects the epoch).
     """
@@ -81,6 +86,7 @@ class SampleTiles(Dataset):
         backend: str = "npy",
         dsm_source: str = "dsm",
         fill_nodata: bool = True,
+        normalize: bool = False,
         transform: Callable[[dict], dict] | None = None,
         seed: int = 0,
     ) -> None:
@@ -106,9 +112,13 @@ class SampleTiles(Dataset):
             if self.rows and self._file_of(m) not in self.rows[0]["files"]:
                 raise SampleArgumentError(f"task {task!r} has no modality {m!r} (available: {sorted(self.rows[0]['files'])})")
         self.crop, self.random_crop, self.backend = crop, random_crop, backend
-        self.fill_nodata, self.transform = fill_nodata, transform
+        self.fill_nodata, self.normalize, self.transform = fill_nodata, normalize, transform
         self.seed, self.epoch = int(seed), 0
-        self.stats = load_stats(self.root, task) if fill_nodata else {}
+        self.stats = load_stats(self.root, task) if fill_nodata or normalize else {}
+        if normalize:
+            for m in self.modalities:
+                if self._file_of(m) not in self.stats:
+                    raise DataError(f"{self.root / 'stats.json'}: no statistics for {self._file_of(m)!r} of source {self.spec.source!r}")
         if crop is not None and self.rows and crop > self.rows[0]["size"]:
             raise SampleArgumentError(f"crop {crop} is larger than the tiles ({self.rows[0]['size']} px) of task {task!r}")
         self._mm: dict[str, np.ndarray] = {}
@@ -130,9 +140,11 @@ class SampleTiles(Dataset):
         they are started after the call, i.e. without ``persistent_workers``)."""
         self.epoch = int(epoch)
 
-    def crop_rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
-        """The generator of sample ``index``'s random crop: ``default_rng([seed, epoch, index])``."""
-        return np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), int(index)])
+    def crop_rng(self, index: int, epoch: int | None = None, draw: int = 0) -> np.random.Generator:
+        """The generator of sample ``index``'s random crop: ``default_rng([seed, epoch, index])``
+        (``[seed, epoch, index, draw]`` for a repeated draw ``draw > 0`` in one epoch)."""
+        key = [self.seed, self.epoch if epoch is None else int(epoch), int(index)]
+        return np.random.default_rng(key + [int(draw)] if draw else key)
 
     # ------------------------------------------------------------------ reading
     def _file_of(self, key: str) -> str:
@@ -171,8 +183,9 @@ class SampleTiles(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.get(i)
 
-    def get(self, i: int, epoch: int | None = None) -> dict[str, Any]:
-        """Sample ``i``; its random crop (if any) is that of ``epoch`` (default: :meth:`set_epoch`'s)."""
+    def get(self, i: int, epoch: int | None = None, draw: int = 0) -> dict[str, Any]:
+        """Sample ``i``; its random crop (if any) is that of ``epoch`` (default: :meth:`set_epoch`'s)
+        and of its ``draw`` in that epoch (a tile drawn twice in one epoch gets two crops)."""
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} tiles")
         i %= len(self)
@@ -180,7 +193,7 @@ class SampleTiles(Dataset):
         size = row["size"]
         c = self.crop or size
         if self.random_crop and c < size:
-            rng = self.crop_rng(i, epoch)
+            rng = self.crop_rng(i, epoch, draw)
             r0, c0 = (int(v) for v in rng.integers(0, size - c + 1, size=2))
         else:
             r0 = c0 = (size - c) // 2
@@ -195,6 +208,11 @@ class SampleTiles(Dataset):
                 if self.fill_nodata:
                     mean = np.asarray(self.stats[self._file_of(key)]["mean"], np.float32)[:, None, None]
                     arr = np.where(bad, mean, arr)
+            if self.normalize:
+                st = self.stats[self._file_of(key)]
+                mean = np.asarray(st["mean"], np.float32)[:, None, None]
+                std = np.asarray([s if np.isfinite(s) and s > 1e-6 else 1.0 for s in st["std"]], np.float32)[:, None, None]
+                arr = (arr - mean) / std
             sample[key] = torch.from_numpy(arr)
         sample["valid"] = torch.from_numpy(valid)
         targets = self.spec.targets

@@ -180,9 +180,16 @@ def save(state: TrainState, out_dir: Path, env: DistEnv, spec: LoopSpec, config:
 
 
 def optimizer_step(
-    state: TrainState, loss: torch.Tensor, params: Iterable[torch.Tensor] | None = None, grad_clip: float | None = None
+    state: TrainState, loss: torch.Tensor, params: Iterable[torch.Tensor] | None = None, grad_clip: float | None = None,
+    idle: Iterable[torch.Tensor] = (),
 ) -> tuple[float, torch.Tensor | None]:
     """Backward, optional global-norm clipping of ``params``, the optimiser and schedule steps.
+
+    ``idle``: parameters this step's forward did not use. Their gradients are dropped
+    (``None``) before the optimiser step, so AdamW leaves them untouched (no momentum
+    update, no weight decay) exactly as in one process — DDP with
+    ``find_unused_parameters`` hands them all-reduced *zero* gradients instead, which
+    AdamW would apply.
 
     Returns:
         ``(lr, grad_norm)``: the learning rate this step used (the first group's) and the
@@ -195,6 +202,8 @@ def optimizer_step(
         scaler.unscale_(opt)
     else:
         loss.backward()
+    for p in idle:
+        p.grad = None
     grad_norm = None
     if grad_clip is not None:
         grad_norm = torch.nn.utils.clip_grad_norm_(list(params or state.model.parameters()), grad_clip)

@@ -32,8 +32,10 @@ class KeyedDataset(Dataset):
     """Adapter: ``(epoch, index)`` keys → ``{modality: (C, H, W)}`` float32 tensors.
 
     ``base[index]`` must be a mapping holding the modality keys (other keys are dropped).
-    A base with a ``get(index, epoch)`` method (:class:`~mssdf.data.sample.SampleTiles`:
-    random crops seeded by ``(seed, epoch, index)``) is asked through it instead.
+    A base with a ``get(index, epoch[, draw])`` method (:class:`~mssdf.data.sample.SampleTiles`,
+    :class:`~mssdf.pretrain.mixture.MixtureDataset`: random crops seeded by ``(seed, epoch,
+    index[, draw])``) is asked through it instead. ``modalities`` empty: every modality the
+    sample holds (a mixture's samples differ).
     """
 
     def __init__(self, base: Dataset, modalities: Sequence[str]) -> None:
@@ -43,11 +45,11 @@ class KeyedDataset(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
-        epoch, index = key
+        epoch, index, *draw = key
         get = getattr(self.base, "get", None)
-        sample = get(index, epoch) if callable(get) else self.base[index]
+        sample = get(index, epoch, *draw) if callable(get) else self.base[index]
         try:
-            return {m: torch.as_tensor(sample[m], dtype=torch.float32) for m in self.modalities}
+            return {m: torch.as_tensor(sample[m], dtype=torch.float32) for m in (self.modalities or sample)}
         except KeyError as err:
             raise DataError(f"sample {index} has no modality {err} (keys: {sorted(sample)})") from None
 
@@ -107,36 +109,52 @@ def check_data(cfg: PretrainConfig, root: str | Path | None = None) -> Path | No
     for name in ("index.csv", "stats.json"):
         if not (folder / name).is_file():
             raise DataError(f"data.root: {folder / name}: missing (run the preparation first)")
-    from mssdf.data.footprints import describe, leaks
     from mssdf.data.index import read_index
+
+    index = read_index(folder)
+    if cfg.data.kind == "mixture":
+        for name, comp in cfg.data.components.items():
+            _check_task(cfg, folder, index, f"data.components.{name}", comp.task, "train", comp.modality_names, comp.crop or cfg.crop)
+    else:
+        _check_task(cfg, folder, index, "data", cfg.data.task, cfg.data.split, cfg.data.modality_names, cfg.crop)
+    return folder
+
+
+def _check_task(cfg: PretrainConfig, folder: Path, index: list[dict], key: str, task: str, split: str,
+                modalities: Sequence[str], crop: int) -> None:
+    """Check the ``split`` tiles of ``task`` a run reads (``key``: where the config names them)."""
+    from mssdf.data.footprints import describe, leaks
     from mssdf.data.tasks import TASKS
 
-    source = TASKS[cfg.data.task].source
-    index = read_index(folder)
-    rows = [r for r in index if r["task"] == cfg.data.task and r["split"] == cfg.data.split]
+    source = TASKS[task].source
+    rows = [r for r in index if r["task"] == task and r["split"] == split]
     if not rows:
-        raise DataError(f"data.task: {folder / 'index.csv'} has no {cfg.data.split} tiles of task {cfg.data.task!r}")
+        raise DataError(f"{key}.task: {folder / 'index.csv'} has no {split} tiles of task {task!r}")
     found = leaks(folder, rows, index)  # on the ground, not by split names
     if found:
-        raise DataError(f"data.split: pre-training on the {cfg.data.split} tiles of {cfg.data.task!r} would read validation/test "
+        raise DataError(f"{key}: pre-training on the {split} tiles of {task!r} would read validation/test "
                         f"areas of downstream tasks ({len(found)} overlapping tile pairs): {describe(found)}")
     if cfg.data.backend == "npy":
-        cache = folder / "cache" / source / cfg.data.split
+        cache = folder / "cache" / source / split
         if not (cache / "tiles.json").is_file():
             raise DataError(f"data.backend: {cache / 'tiles.json'}: missing tile cache (prepare with build_cache) or use backend 'tif'")
-        for m in cfg.data.modality_names:
-            key = file_key(m, cfg.data.dsm_source)
-            stem = Path(rows[0]["files"].get(key, key)).stem
+        for m in modalities:
+            fkey = file_key(m, cfg.data.dsm_source)
+            stem = Path(rows[0]["files"].get(fkey, fkey)).stem
             if not (cache / f"{stem}.npy").is_file():
-                raise DataError(f"data.modalities: {cache / (stem + '.npy')}: missing cache file for {m!r}")
-    if cfg.crop > rows[0]["size"]:
-        raise DataError(f"data.crop: {cfg.crop} is larger than the {rows[0]['size']} px tiles of {cfg.data.task!r}")
-    return folder
+                raise DataError(f"{key}.modalities: {cache / (stem + '.npy')}: missing cache file for {m!r}")
+    if crop > rows[0]["size"]:
+        raise DataError(f"{key}.crop: {crop} is larger than the {rows[0]['size']} px tiles of {task!r}")
 
 
 def build_dataset(cfg: PretrainConfig, root: str | Path | None = None) -> tuple[Dataset, dict[str, int], dict[str, NormStats]]:
     """The run's dataset with the channel counts and normalisation statistics of its modalities."""
     names = cfg.data.modality_names
+    if cfg.data.kind == "mixture":
+        from mssdf.modalities import channels as channels_of
+        from mssdf.pretrain.mixture import MixtureDataset
+
+        return MixtureDataset(cfg, check_data(cfg, root)), channels_of(names), {}  # standardised per source: identity in the model
     if cfg.data.kind == "synthetic":
         channels = default_channels(names)
         return SyntheticPairs(cfg.data.synthetic_samples, cfg.crop, channels, cfg.seed), channels, {}

@@ -38,7 +38,7 @@ from mssdf.atomic import atomic_write_text
 from mssdf.engine.distributed import DistEnv, cleanup, init_distributed, loss_gather, seed_everything, wrap_ddp
 from mssdf.engine.loop import LoopSpec, StepOutput, TrainState, amp_dtype, autocast, optimizer_step, resume, run_loop
 from mssdf.engine.optim import build_optimizer, build_scheduler, momentum_at
-from mssdf.engine.sampler import GlobalBatchSampler, make_loader
+from mssdf.engine.sampler import GlobalBatchSampler, GroupedBatchSampler, make_loader
 from mssdf.engine.tracking import MetricSink
 from mssdf.losses import mssdf_loss
 from mssdf.model import MSSDF, ModelConfig, ema_update
@@ -46,6 +46,7 @@ from mssdf.paths import resolve
 from mssdf.pretrain.config import PretrainConfig
 from mssdf.pretrain.data import KeyedDataset, build_dataset, check_data, collate
 from mssdf.pretrain.masks import step_masks
+from mssdf.pretrain.mixture import MixtureDataset, mixture_sampler
 from mssdf.weights.native import save_pretrained
 from mssdf.weights.timm_export import export_timm
 
@@ -82,7 +83,7 @@ class PretrainRun:
     state: TrainState  # state.model is the unwrapped MSSDF
     net: torch.nn.Module  # the module the forward goes through (DDP wrapper when distributed)
     dataset: Dataset
-    sampler: GlobalBatchSampler
+    sampler: GlobalBatchSampler | GroupedBatchSampler
     loader: DataLoader
     spec: LoopSpec
     total_steps: int
@@ -111,7 +112,10 @@ def setup(cfg: PretrainConfig, env: DistEnv, out_dir: Path, dataset: Dataset | N
     model = MSSDF(mcfg).to(env.device)
     seed_everything(cfg.seed + env.rank)  # per-rank streams (drop path, loader workers)
 
-    sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, env.rank, env.world_size, cfg.seed)
+    if isinstance(dataset, MixtureDataset):  # one modality set per global batch
+        sampler: GlobalBatchSampler | GroupedBatchSampler = mixture_sampler(dataset, cfg.batch_size, env.rank, env.world_size, cfg.seed)
+    else:
+        sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, env.rank, env.world_size, cfg.seed)
     spe = sampler.batches_per_epoch
     total_steps = cfg.epochs * spe
     warmup_steps = round(cfg.optim.warmup_epochs * spe)
@@ -128,9 +132,10 @@ def setup(cfg: PretrainConfig, env: DistEnv, out_dir: Path, dataset: Dataset | N
                               global_batch=global_batch)
 
     unused = (set(mcfg.modalities) != set(names) or len(names) < 2 or cfg.losses.modality == 0
-              or cfg.losses.reconstruction == 0)
+              or cfg.losses.reconstruction == 0 or len(cfg.modality_sets) > 1)  # a mixture's batches leave adapters out
     net = wrap_ddp(model, env, find_unused_parameters=unused)
-    loader = make_loader(KeyedDataset(dataset, names), sampler, collate, cfg.num_workers, env.device.type == "cuda", cfg.seed)
+    keyed = KeyedDataset(dataset, () if isinstance(dataset, MixtureDataset) else names)
+    loader = make_loader(keyed, sampler, collate, cfg.num_workers, env.device.type == "cuda", cfg.seed)
     spec = LoopSpec(end_step=min(total_steps, cfg.max_steps or total_steps), steps_per_epoch=spe, global_batch=global_batch,
                     log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
     return PretrainRun(cfg, env, out_dir, mcfg, state, net, dataset, sampler, loader, spec, total_steps, warmup_steps,
@@ -142,6 +147,7 @@ def pretrain_step(run: PretrainRun) -> Callable[[dict[str, torch.Tensor], int], 
     cfg, env, model, ema = run.cfg, run.env, run.state.model, run.cfg.ema_schedule
     spe, context = run.spec.steps_per_epoch, autocast(run.dtype, env.device)
     gather = loss_gather(env)  # pair terms over the global batch
+    groups = group_names(run)
 
     def step_fn(batch: dict[str, torch.Tensor], step: int) -> StepOutput:
         images = {m: x.to(env.device, non_blocking=True) for m, x in batch.items()}
@@ -151,19 +157,35 @@ def pretrain_step(run: PretrainRun) -> Callable[[dict[str, torch.Tensor], int], 
         with context():
             out = run.net(images, masks)
             loss, terms = mssdf_loss(out, cfg.losses, *gather)
-        lr, grad_norm = optimizer_step(run.state, loss, model.student_parameters(), cfg.optim.grad_clip)
+        lr, grad_norm = optimizer_step(run.state, loss, model.student_parameters(), cfg.optim.grad_clip,
+                                       idle=model.idle_parameters(images))
         info = {"lr": lr}
         if ema is not None:
             momentum = momentum_at(step, run.total_steps, ema.momentum_start, ema.momentum_end)
             ema_update(model.teacher, model.encoder, momentum)  # unwrapped module, never the DDP wrapper
             info["momentum"] = momentum
         info["substitution_p"] = cfg.masking.substitution(epoch_f) if cfg.masking.cross_modal else 0.0
+        if len(groups) > 1:  # which modality set this step trained (index into group_names(run))
+            info["group"] = float(groups.index(batch_group(images)))
         scalars = {"loss": loss, **terms}
         if grad_norm is not None:
             scalars["grad_norm"] = grad_norm
         return StepOutput(scalars, info)
 
     return step_fn
+
+
+def batch_group(images: dict[str, torch.Tensor]) -> str:
+    """The group name of a batch ``{m: (b, C_m, S, S)}``: ``<m1>+<m2>...@S`` (as :class:`mssdf.pretrain.mixture.Group`)."""
+    first = next(iter(images.values()))
+    return f"{'+'.join(images)}@{first.shape[-1]}"
+
+
+def group_names(run: PretrainRun) -> list[str]:
+    """The run's batch groups (one unless it reads a mixture), as the ``group`` index of its history records."""
+    if isinstance(run.dataset, MixtureDataset):
+        return [g.name for g in run.dataset.groups]
+    return [f"{'+'.join(run.cfg.data.modality_names)}@{run.cfg.crop}"]
 
 
 def save_final(model: MSSDF, out_dir: str | Path, timm: bool = True) -> Path:
@@ -236,7 +258,7 @@ def _loop(run: PretrainRun, live: bool, live_dir: str | Path | None, progress: b
     return PretrainResult(state.history, state.model, run.out_dir, final_dir, state.step, spec.steps_per_epoch,
                           run.resumed_from, {"total_steps": run.total_steps, "warmup_steps": run.warmup_steps,
                                              "peak_lr": run.peak_lr, "world_size": env.world_size,
-                                             "global_batch": spec.global_batch})
+                                             "global_batch": spec.global_batch, "groups": group_names(run)})
 
 
-__all__ = ["PretrainResult", "PretrainRun", "setup", "pretrain_step", "save_final", "pretrain", "TERMS", "RESUMABLE_CHANGES"]
+__all__ = ["PretrainResult", "PretrainRun", "setup", "pretrain_step", "batch_group", "group_names", "save_final", "pretrain", "TERMS", "RESUMABLE_CHANGES"]
