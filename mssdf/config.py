@@ -6,10 +6,15 @@ computation starts.
 Config classes are frozen dataclasses; :func:`from_dict` builds one recursively
 (nested dataclasses, ``dict[str, X]``, ``list[X]``, ``tuple[X, ...]``, ``X | None``,
 ``Literal[...]``) and :func:`to_dict` turns it back into JSON/YAML-ready data.
+
+Plain mappings are combined with :func:`deep_merge` (nested mappings merged key by key)
+and command-line ``--set key.sub=value`` overrides become nested mappings with
+:func:`parse_sets` (values parsed as YAML by :func:`yaml_load`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -125,6 +130,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
         if isinstance(err, ConfigError):
+            head = str(err).split(":", 1)[0].split(".")[0].split("[")[0]
+            if path and head in fields:  # a check naming its own field: give it the full key path
+                raise ConfigError(f"{prefix}{err}") from err
             raise
         raise ConfigError(f"{path or cls.__name__}: {err}") from err
 
@@ -165,4 +173,46 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "replace", "yaml_load"]
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``, recursing into nested mappings (inputs untouched).
+
+    A value that is not a mapping on both sides (a list, a scalar) is replaced whole.
+    """
+    out = copy.deepcopy(dict(base))
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "data.modalities=[rgb]"]`` → nested mapping (values parsed as YAML).
+
+    Values go through :func:`yaml_load` (``1e-3`` is a float, ``[a, b]`` a list, ``null``
+    or an empty value None).
+
+    Raises:
+        ConfigError: ``--set <item>: ...`` for an item without ``=``, with an empty key
+            component, or setting a key below one already given a value.
+    """
+    out: dict[str, Any] = {}
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        value = yaml_load(raw) if raw.strip() else None
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key component in {key.strip()!r}")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} is already a value")
+        node[parts[-1]] = value
+    return out
+
+
+__all__ = ["ConfigError", "from_dict", "to_dict", "replace", "yaml_load", "deep_merge", "parse_sets"]

@@ -5,7 +5,7 @@ from typing import Literal
 
 import pytest
 
-from mssdf.config import ConfigError, from_dict, replace, to_dict
+from mssdf.config import ConfigError, deep_merge, from_dict, parse_sets, replace, to_dict
 from mssdf.masking import MaskingConfig
 
 
@@ -59,3 +59,38 @@ def test_validation_errors_in_post_init_become_config_errors():
         from_dict(MaskingConfig, {"ratio": 1.5}, "masking")
     with pytest.raises(ConfigError, match=r"masking.substitution.every"):
         from_dict(MaskingConfig, {"substitution": {"every": "ten"}}, "masking")
+
+
+def test_deep_merge_recurses_into_mappings_and_replaces_the_rest():
+    base = {"a": {"b": 1, "c": {"d": 2}}, "l": [1, 2], "s": "x"}
+    merged = deep_merge(base, {"a": {"c": {"e": 3}}, "l": [3], "s": {"now": "a mapping"}})
+    assert merged == {"a": {"b": 1, "c": {"d": 2, "e": 3}}, "l": [3], "s": {"now": "a mapping"}}
+    assert base == {"a": {"b": 1, "c": {"d": 2}}, "l": [1, 2], "s": "x"}  # inputs untouched
+    override = {"a": {"x": [1]}}
+    deep_merge({}, override)["a"]["x"].append(2)
+    assert override == {"a": {"x": [1]}}  # the result shares nothing with the inputs
+
+
+def test_parse_sets_builds_nested_mappings_of_yaml_values():
+    assert parse_sets(["optim.lr=1e-3", "optim.betas=[0.9, 0.95]", "a.b.c=x=y", "flag=true", "none=", "n=null"]) == {
+        "optim": {"lr": 1e-3, "betas": [0.9, 0.95]}, "a": {"b": {"c": "x=y"}}, "flag": True, "none": None, "n": None}
+    assert isinstance(parse_sets(["lr=1e-3"])["lr"], float)  # YAML 1.2 floats, as DVC reads params.yaml
+    assert parse_sets([]) == {}
+
+
+@pytest.mark.parametrize("items, message", [
+    (["optim.lr"], r"--set 'optim.lr': expected key=value"),
+    (["a=1", "a.b=2"], r"--set 'a.b=2': a is already a value"),
+    (["a..b=1"], r"--set 'a..b=1': empty key component"),
+    (["=1"], r"--set '=1': empty key component"),
+])
+def test_parse_sets_refuses_malformed_items_naming_them(items, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_sets(items)
+
+
+def test_pretrain_config_keeps_reexporting_the_helpers():
+    import mssdf.pretrain.config as pretrain_config
+
+    assert pretrain_config.deep_merge is deep_merge and pretrain_config.parse_sets is parse_sets
+    assert {"deep_merge", "parse_sets"} <= set(pretrain_config.__all__)

@@ -30,9 +30,10 @@ def test_every_variant_builds_on_both_profiles(variant):
         assert cfg.model_config().modalities
 
 
-def test_mae_variant_is_pixels_rgb_random_no_pair_terms():
+def test_mae_variant_is_pixels_random_no_pair_terms_on_the_same_data():
     cfg = build_config({"profile": "smoke", "variant": "mae"})
-    assert cfg.model_config().target == "pixels" and cfg.data.modality_names == ("rgb",)
+    assert cfg.model_config().target == "pixels" and cfg.data.modality_names == build_config({"profile": "smoke"}).data.modality_names
+    assert build_config({"profile": "smoke", "variant": "mae", "data": {"modalities": ["rgb"]}}).data.modality_names == ("rgb",)
     assert cfg.masking.mode == "random" and not cfg.masking.cross_modal
     assert (cfg.losses.contrast, cfg.losses.hsic, cfg.losses.modality) == (0, 0, 0)
     assert cfg.ema_schedule is None

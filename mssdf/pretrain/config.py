@@ -20,13 +20,12 @@ given explicitly.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 
-from mssdf.config import ConfigError, from_dict, to_dict, yaml_load
+from mssdf.config import ConfigError, deep_merge, from_dict, parse_sets, to_dict, yaml_load
 from mssdf.losses import LossConfig
 from mssdf.masking import MaskingConfig
 from mssdf.modalities import CHANNELS, DsmSource
@@ -35,9 +34,53 @@ from mssdf.model import ModelConfig, model_config
 
 
 @dataclass(frozen=True)
+class ComponentConfig:
+    """One source of a ``mixture`` run: the train tiles of one prepared task.
+
+    ``modalities`` empty: the task's inputs (``pan_t2``, the change task's SYNTHETIC second
+    date, is never one). ``weight``: samples drawn per epoch = round(weight × tiles): 1
+    reads every tile once an epoch, 0.5 a random half, 2 every tile twice (two random
+    crops). ``crop``: side of the crops (None: the run's ``crop``; a source with smaller
+    tiles, such as IGN's 32 px, needs its own).
+    """
+
+    task: str
+    modalities: tuple[str, ...] = ()
+    weight: float = 1.0
+    crop: int | None = None
+
+    def __post_init__(self) -> None:
+        from mssdf.data.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ConfigError(f"task: unknown task {self.task!r}; choose from {sorted(TASKS)}")
+        inputs = [m for m in TASKS[self.task].inputs if m in CHANNELS]
+        bad = [m for m in self.modalities if m not in inputs]
+        if bad:
+            raise ConfigError(f"modalities: task {self.task!r} has no {bad} (modalities: {inputs})")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"modalities: duplicates in {list(self.modalities)}")
+        if not self.weight > 0:
+            raise ConfigError(f"weight: must be > 0, got {self.weight}")
+        if self.crop is not None and self.crop < 1:
+            raise ConfigError(f"crop: must be >= 1, got {self.crop}")
+
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        """This component's modalities, in order (the first is its masking reference)."""
+        from mssdf.data.tasks import TASKS
+
+        return self.modalities or tuple(m for m in TASKS[self.task].inputs if m in CHANNELS)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where pre-training batches come from.
 
+    ``kind: mixture`` reads the train tiles of several prepared tasks at once
+    (``components``: ``{name: ComponentConfig}``), each sample with its own modality set;
+    batches are grouped by modality set and crop (:mod:`mssdf.pretrain.mixture`), inputs
+    are standardised with each source's own train statistics.
     ``kind: tiles`` reads the prepared sample (:class:`mssdf.data.sample.SampleTiles`,
     one pre-training task = one pairing: ``pretrain_autzen`` rgb↔dsm,
     ``pretrain_ign`` rgb+ms↔dsm, ``pretrain_rotterdam`` pan↔ms). ``kind: synthetic``
@@ -49,7 +92,7 @@ class DataConfig:
     from ``stats_samples`` evenly spaced samples unless ``model.normalization`` sets them.
     """
 
-    kind: Literal["tiles", "synthetic", "reader"] = "tiles"
+    kind: Literal["tiles", "mixture", "synthetic", "reader"] = "tiles"
     root: str = "data/prepared"  # repository-relative or absolute
     task: str = "pretrain_autzen"
     split: Literal["train", "val", "test"] = "train"
@@ -61,10 +104,24 @@ class DataConfig:
     reader: str = ""  # kind reader: registry name (mssdf.data.readers.get_dataset)
     reader_args: dict[str, Any] = field(default_factory=dict)
     stats_samples: int = 64  # kind reader: samples used to estimate band statistics
+    components: dict[str, ComponentConfig] = field(default_factory=dict)  # kind mixture
 
     def __post_init__(self) -> None:
         from mssdf.data.tasks import TASKS
 
+        if self.kind == "mixture":
+            # components in name order: the run (pools, groups, the model's modality order) does not
+            # depend on how a YAML writer ordered the mapping (yaml.safe_dump sorts, params.yaml need not)
+            object.__setattr__(self, "components", dict(sorted(self.components.items())))
+            if not self.components:
+                raise ConfigError("data.components: a mixture needs at least one component {name: {task: ...}}")
+            if self.modalities:
+                raise ConfigError("data.modalities: a mixture takes its modalities from its components; "
+                                  "set data.components.<name>.modalities instead")
+            if self.split != "train":
+                raise ConfigError(f"data.split: a mixture reads train tiles only, got {self.split!r}")
+        elif self.components:
+            raise ConfigError(f"data.components: only for kind 'mixture' (kind is {self.kind!r})")
         if self.kind == "tiles" and self.task not in TASKS:
             raise ConfigError(f"data.task: unknown task {self.task!r}; choose from {sorted(TASKS)}")
         bad = [m for m in self.modalities if m not in CHANNELS]
@@ -99,6 +156,11 @@ class DataConfig:
     @property
     def modality_names(self) -> tuple[str, ...]:
         """The modalities of every batch, in order (the first is the masking reference)."""
+        if self.kind == "mixture":
+            names: list[str] = []
+            for c in self.components.values():
+                names += [m for m in c.modality_names if m not in names]
+            return tuple(names)
         if self.modalities:
             return self.modalities
         if self.kind == "synthetic":
@@ -221,32 +283,51 @@ class PretrainConfig:
 
     def _check_consistency(self, cfg: ModelConfig) -> None:
         names = self.data.modality_names
+        sets = self.modality_sets
         missing = [m for m in names if m not in cfg.modalities]
         if missing:
             raise ConfigError(f"model.modalities: lacks the data modalities {missing} (data.modalities: {list(names)})")
+        if self.data.kind == "mixture" and cfg.normalization:
+            raise ConfigError("model.normalization: a mixture standardises its inputs with each source's train statistics; "
+                              "leave model.normalization out")
         if cfg.target == "pixels" and self.ema is not None:
             raise ConfigError("ema: set, but model.target is 'pixels' (no teacher to update); remove ema")
-        if len(names) < 2:
+        if max(len(s) for s in sets) < 2:
             for term in ("contrast", "hsic"):
                 if getattr(self.losses, term) > 0:
                     raise ConfigError(
-                        f"losses.{term}: weight {getattr(self.losses, term)} needs two modalities, "
-                        f"but data.modalities is {list(names)}; set it to 0"
+                        f"losses.{term}: weight {getattr(self.losses, term)} needs two modalities in a sample, "
+                        f"but the samples have only {[list(s) for s in sets]}; set it to 0"
                     )
-            if self.losses.modality > 0:
-                raise ConfigError(f"losses.modality: needs two modalities, data.modalities is {list(names)}; set it to 0")
+        if len(names) < 2 and self.losses.modality > 0:
+            raise ConfigError(f"losses.modality: needs two modalities, data.modalities is {list(names)}; set it to 0")
         if self.losses.reconstruction == 0 and self.losses.contrast == 0 and self.losses.hsic == 0 and self.losses.modality == 0:
             raise ConfigError("losses: every weight is 0")
-        if self.masking.reference is not None and self.masking.reference not in names:
-            raise ConfigError(f"masking.reference: {self.masking.reference!r} is not one of data.modalities {list(names)}")
+        if self.masking.reference is not None and any(self.masking.reference not in s for s in sets):
+            raise ConfigError(f"masking.reference: {self.masking.reference!r} is not in every sample's modalities "
+                              f"{[list(s) for s in sets]} (null: each sample's first modality)")
         unknown = [m for m in self.masking.modality_weights if m not in names]
         if unknown:
             raise ConfigError(f"masking.modality_weights: {unknown} not in data.modalities {list(names)}")
         crop = self.crop
         if crop % cfg.patch_size:
             raise ConfigError(f"data.crop: {crop} is not a multiple of the patch size {cfg.patch_size}")
+        for name, comp in self.data.components.items():
+            if comp.crop is not None and comp.crop % cfg.patch_size:
+                raise ConfigError(f"data.components.{name}.crop: {comp.crop} is not a multiple of the patch size {cfg.patch_size}")
         if self.precision == "fp16" and self.device == "cpu":
             raise ConfigError("precision: fp16 needs CUDA (use fp32 or bf16 on CPU)")
+
+    @property
+    def modality_sets(self) -> list[tuple[str, ...]]:
+        """The modality sets the run's samples carry (one for every kind but ``mixture``)."""
+        if self.data.kind == "mixture":
+            sets: list[tuple[str, ...]] = []
+            for c in self.data.components.values():
+                if c.modality_names not in sets:
+                    sets.append(c.modality_names)
+            return sets
+        return [self.data.modality_names]
 
     @property
     def crop(self) -> int:
@@ -298,10 +379,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "mssdf": {},
-    # single-modality MAE with pixel targets (method.md §4 baselines)
+    # MAE with pixel targets (method.md §4 baselines) on the same data: random masks shared
+    # by a sample's modalities, per-modality pixel heads, no cross-modal terms (on
+    # single-modality samples it is plain MAE; set data.modalities: [rgb] for RGB only)
     "mae": {
         "model": {"target": "pixels"},
-        "data": {"modalities": ["rgb"]},
         "masking": {"mode": "random", "cross_modal": False},
         "losses": {"reconstruction": 1.0, "contrast": 0.0, "hsic": 0.0, "modality": 0.0},
     },
@@ -311,17 +393,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_hsic": {"losses": {"hsic": 0.0}},
     "no_modality": {"losses": {"modality": 0.0}},
 }
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``override``, recursing into nested mappings (inputs untouched)."""
-    out = copy.deepcopy(dict(base))
-    for k, v in override.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def build_config(data: Mapping[str, Any] | None = None, path: str = "") -> PretrainConfig:
@@ -345,24 +416,6 @@ def build_config(data: Mapping[str, Any] | None = None, path: str = "") -> Pretr
     return from_dict(PretrainConfig, merged, path)
 
 
-def parse_sets(sets: list[str]) -> dict[str, Any]:
-    """``["optim.lr=1e-3", "data.modalities=[rgb]"]`` → nested mapping (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in sets:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        value = yaml_load(raw) if raw.strip() else None
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p} is already a value")
-        node[parts[-1]] = value
-    return out
-
-
 def load_config(path: str | Path | None = None, section: str | None = None, sets: list[str] | None = None) -> PretrainConfig:
     """Read a YAML file (optionally one ``section`` of it, e.g. ``pretrain`` of ``params.yaml``),
     apply ``key=value`` overrides and validate."""
@@ -384,6 +437,6 @@ def load_config(path: str | Path | None = None, section: str | None = None, sets
 
 
 __all__ = [
-    "DataConfig", "OptimConfig", "EmaConfig", "PretrainConfig", "PROFILES", "VARIANTS",
+    "ComponentConfig", "DataConfig", "OptimConfig", "EmaConfig", "PretrainConfig", "PROFILES", "VARIANTS",
     "build_config", "load_config", "parse_sets", "deep_merge",
 ]
