@@ -46,7 +46,7 @@ from mssdf.paths import resolve
 from mssdf.pretrain.config import PretrainConfig
 from mssdf.pretrain.data import KeyedDataset, build_dataset, check_data, collate
 from mssdf.pretrain.masks import step_masks
-from mssdf.pretrain.mixture import MixtureDataset, mixture_sampler
+from mssdf.pretrain.mixture import MixtureDataset, config_groups, mixture_sampler
 from mssdf.weights.native import save_pretrained
 from mssdf.weights.timm_export import export_timm
 
@@ -183,9 +183,14 @@ def batch_group(images: dict[str, torch.Tensor]) -> str:
 
 def group_names(run: PretrainRun) -> list[str]:
     """The run's batch groups (one unless it reads a mixture), as the ``group`` index of its history records."""
-    if isinstance(run.dataset, MixtureDataset):
-        return [g.name for g in run.dataset.groups]
-    return [f"{'+'.join(run.cfg.data.modality_names)}@{run.cfg.crop}"]
+    return run_groups(run.cfg)
+
+
+def run_groups(cfg: PretrainConfig) -> list[str]:
+    """The batch group names of a run's configuration (see :func:`group_names`)."""
+    if cfg.data.kind == "mixture":
+        return [g.name for g in config_groups(cfg)]
+    return [f"{'+'.join(cfg.data.modality_names)}@{cfg.crop}"]
 
 
 def save_final(model: MSSDF, out_dir: str | Path, timm: bool = True) -> Path:
@@ -261,4 +266,4 @@ def _loop(run: PretrainRun, live: bool, live_dir: str | Path | None, progress: b
                                              "global_batch": spec.global_batch, "groups": group_names(run)})
 
 
-__all__ = ["PretrainResult", "PretrainRun", "setup", "pretrain_step", "batch_group", "group_names", "save_final", "pretrain", "TERMS", "RESUMABLE_CHANGES"]
+__all__ = ["PretrainResult", "PretrainRun", "setup", "pretrain_step", "batch_group", "group_names", "run_groups", "save_final", "pretrain", "TERMS", "RESUMABLE_CHANGES"]

@@ -54,6 +54,17 @@ class Group:
         return f"{'+'.join(self.modalities)}@{self.crop}"
 
 
+def config_groups(cfg: PretrainConfig) -> list[Group]:
+    """The batch groups of a mixture run, in order of first appearance over its components
+    (without reading any data; the ``group`` index of the run's history records)."""
+    groups: list[Group] = []
+    for comp in cfg.data.components.values():
+        g = Group(comp.modality_names, comp.crop or cfg.crop)
+        if g not in groups:
+            groups.append(g)
+    return groups
+
+
 class MixtureDataset(Dataset):
     """The train tiles of every component, one index space (components in config order).
 
@@ -65,9 +76,9 @@ class MixtureDataset(Dataset):
     def __init__(self, cfg: PretrainConfig, root: Path) -> None:
         self.names: list[str] = []
         self.parts: list[SampleTiles] = []
-        self.groups: list[Group] = []
         self.group_of: list[int] = []  # per component
         self.offsets: list[int] = [0]
+        self.groups = config_groups(cfg)
         for name, comp in cfg.data.components.items():
             crop = comp.crop or cfg.crop
             tiles = SampleTiles(root, comp.task, "train", modalities=comp.modality_names, crop=crop, random_crop=True,
@@ -76,8 +87,6 @@ class MixtureDataset(Dataset):
             if len(tiles) == 0:
                 raise DataError(f"data.components.{name}: {root / 'index.csv'} has no train tiles of task {comp.task!r}")
             group = Group(comp.modality_names, crop)
-            if group not in self.groups:
-                self.groups.append(group)
             self.names.append(name)
             self.parts.append(tiles)
             self.group_of.append(self.groups.index(group))
@@ -125,4 +134,4 @@ def mixture_sampler(dataset: MixtureDataset, batch_size: int, rank: int, world_s
                                seed, names=[g.name for g in dataset.groups])
 
 
-__all__ = ["Group", "MixtureDataset", "mixture_sampler"]
+__all__ = ["Group", "config_groups", "MixtureDataset", "mixture_sampler"]

@@ -1,9 +1,11 @@
 """What the pre-training notebook (``notebooks/02_pretrain.ipynb``) runs and measures.
 
-The notebook calls these functions: it launches the run (in the kernel, or through
-``torchrun`` for several processes), then evaluates the result with frozen-feature
-probes on the real sample — the pre-trained encoder against the same architecture at
-random initialisation.
+The notebook calls these functions, once per variant: it launches the run (in the
+kernel, or through ``torchrun`` for several processes), then shows what the run saw and
+learnt — the statistics each source is standardised with, the loss of each term for each
+modality set, masks on every source, predictions against targets. The frozen-feature
+health check of all variants against random initialisation is the next notebook's
+(:mod:`mssdf.reports.health`).
 """
 
 from __future__ import annotations
@@ -19,20 +21,12 @@ from typing import Any, Mapping, Sequence
 import torch
 import yaml
 
-from mssdf.weights.native import load_pretrained
 from mssdf.data.prepare import PrepareConfig, prepare
 from mssdf.data.sources import SourceSettings
-from mssdf.data.sample import SampleTiles
-from mssdf.model import MSSDF, Encoder
+from mssdf.model import MSSDF
 from mssdf.paths import resolve
 from mssdf.pretrain.config import PretrainConfig
-from mssdf.reports.probe import (
-    linear_classification_probe,
-    patch_features,
-    patch_labels,
-    patch_means,
-    ridge_regression_probe,
-)
+from mssdf.pretrain.mixture import MixtureDataset
 
 
 @dataclass(frozen=True)
@@ -41,20 +35,15 @@ class PretrainReportConfig:
 
     nproc: int = 1  # >1: launch `torchrun --standalone --nproc_per_node=nproc`
     prepare_if_missing: bool = False  # smoke runs: prepare the sample into data.root first
-    prepare_sources: tuple[str, ...] = ("autzen", "ign")  # prepare_if_missing: these sources, default settings
-    out_dir: str = "scratch/pretrain_report"  # probe metrics (JSON) and figures
-    probe_modality: str = "rgb"  # the probes see this modality only
-    height_task: str = "height"  # RGB -> nDSM (Autzen)
-    height_eval_split: str = "test"
-    seg_task: str = "seg_asprs"  # RGB -> ASPRS classes (IGN)
-    seg_eval_split: str = "val"  # the IGN strip is too small for a test split
-    probe_l2: float = 1e-3
-    ridge_l2: float = 10.0
-    preview_tiles: int = 4
+    prepare_sources: tuple[str, ...] = ("autzen", "ign", "rotterdam", "atlanta", "lasvegas", "neon")  # prepare_if_missing: these, default settings
+    out_dir: str = "scratch/pretrain_report"  # metrics (JSON) and figures
+    examples_per_source: int = 2  # tiles per source in the mask figures
 
     def __post_init__(self) -> None:
         if self.nproc < 1:
             raise ValueError(f"nproc must be >= 1, got {self.nproc}")
+        if self.examples_per_source < 1:
+            raise ValueError(f"examples_per_source must be >= 1, got {self.examples_per_source}")
 
 
 def ensure_prepared(root: str | Path, sources: Sequence[str], raw_dir: str = "data/raw") -> Path:
@@ -94,86 +83,6 @@ def run_pretraining(cfg: PretrainConfig, nproc: int = 1) -> tuple[list[dict], Pa
     return history, out_dir / "final"
 
 
-#: Display names of the encoders :func:`load_encoders` returns (keys are the metric keys).
-ENCODER_LABELS = {"pretrained": "pre-trained", "random_init": "random init"}
-
-
-def load_encoders(final_dir: str | Path, seed: int = 0) -> dict[str, Encoder]:
-    """``{"pretrained": ..., "random_init": ...}``: the pre-trained encoder and the same
-    architecture at random initialisation."""
-    trained = load_pretrained(final_dir).eval()
-    torch.manual_seed(seed)
-    random = MSSDF(trained.cfg).eval()
-    return {"pretrained": trained.encoder, "random_init": random.encoder}
-
-
-def _tiles(root: Path, task: str, split: str, modality: str, target: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    ds = SampleTiles(root, task, split, modalities=[modality])
-    samples = [ds[i] for i in range(len(ds))]
-    if not samples:
-        return None, None
-    x = torch.stack([torch.as_tensor(s[modality]) for s in samples]).float()
-    y = torch.stack([torch.as_tensor(s[target]) for s in samples])
-    return x, y
-
-
-def probe_encoders(encoders: Mapping[str, Encoder], root: str | Path, cfg: PretrainReportConfig) -> list[dict[str, Any]]:
-    """Frozen-feature probes of every encoder on the sample's height and segmentation tasks.
-
-    Returns:
-        one row per (encoder, task): stable keys ``encoder`` (the key of ``encoders``),
-        ``task``, ``metric`` (``rmse_m``: lower is better; ``miou``: higher is better) and
-        ``score``, with the probe's other figures and sample counts (a NaN score and a
-        ``note`` where a split has no tiles).
-    """
-    from mssdf.data.tasks import TASKS
-
-    root = resolve(root)
-    m = cfg.probe_modality
-    rows: list[dict[str, Any]] = []
-    height_key = {"task": cfg.height_task, "metric": "rmse_m"}
-    seg_key = {"task": cfg.seg_task, "metric": "miou"}
-    height = _splits(root, cfg.height_task, ("train", cfg.height_eval_split), m, "height")
-    seg = _splits(root, cfg.seg_task, ("train", cfg.seg_eval_split), m, "label")
-    n_classes = len(TASKS[cfg.seg_task].classes)
-    for name, enc in encoders.items():
-        p = enc.cfg.patch_size
-        if isinstance(height, str):
-            rows.append({"encoder": name, **height_key, "score": float("nan"), "note": height})
-        else:
-            feats = {s: patch_features(enc, {m: x}) for s, (x, _) in height.items()}
-            targets = {s: patch_means(y.squeeze(1) if y.dim() == 4 else y, p) for s, (_, y) in height.items()}
-            r = ridge_regression_probe(
-                feats["train"].flatten(0, 1), targets["train"].flatten(),
-                feats[cfg.height_eval_split].flatten(0, 1), targets[cfg.height_eval_split].flatten(), cfg.ridge_l2,
-            )  # fmt: skip
-            rows.append({"encoder": name, **height_key, "score": r.rmse, "baseline (train mean)": r.rmse_mean_baseline,
-                         "n_train": r.n_train, "n_eval": r.n_test})  # fmt: skip
-        if isinstance(seg, str):
-            rows.append({"encoder": name, **seg_key, "score": float("nan"), "note": seg})
-        else:
-            feats = {s: patch_features(enc, {m: x}) for s, (x, _) in seg.items()}
-            labels = {s: patch_labels(y.long(), p, n_classes) for s, (_, y) in seg.items()}
-            c = linear_classification_probe(
-                feats["train"].flatten(0, 1), labels["train"].flatten(),
-                feats[cfg.seg_eval_split].flatten(0, 1), labels[cfg.seg_eval_split].flatten(), n_classes, cfg.probe_l2,
-            )  # fmt: skip
-            rows.append({"encoder": name, **seg_key, "score": c.mean_iou, "accuracy": c.accuracy,
-                         "n_train": c.n_train, "n_eval": c.n_test})  # fmt: skip
-    return rows
-
-
-def _splits(root: Path, task: str, splits: tuple[str, ...], modality: str, target: str) -> dict | str:
-    """``{split: (inputs, targets)}``, or a note saying which split has no tiles."""
-    out = {}
-    for s in splits:
-        x, y = _tiles(root, task, s, modality, target)
-        if x is None:
-            return f"no {s} tiles of {task} in {root}"
-        out[s] = (x, y)
-    return out
-
-
 @torch.no_grad()
 def masked_prediction_quality(model: MSSDF, images: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Mean cosine similarity between predictions and teacher targets at masked positions, per modality."""
@@ -186,22 +95,76 @@ def masked_prediction_quality(model: MSSDF, images: Mapping[str, torch.Tensor], 
     return result
 
 
-def report_metrics(probe_rows: list[dict[str, Any]], quality: Mapping[str, float], history: list[dict]) -> dict[str, Any]:
-    """The stage's metrics file (stable keys, for ``dvc metrics`` and later stages).
+def source_statistics(root: str | Path, cfg: PretrainConfig) -> "Any":
+    """The train statistics each component is standardised with: one row per (component,
+    modality, band) with the source's ``mean``, ``std`` and pixel count (``stats.json``)."""
+    import pandas as pd
 
-    ``probe/<task>_<metric>/<encoder>`` from :func:`probe_encoders`' rows,
-    ``masked_cosine/<modality>``, ``final_loss`` (mean of the last ten logged losses) and
-    ``steps``.
+    from mssdf.data.sample import load_stats
+    from mssdf.modalities import file_key
+
+    rows = []
+    for name, comp in cfg.data.components.items():
+        stats = load_stats(resolve(root), comp.task)
+        for m in comp.modality_names:
+            st = stats[file_key(m, cfg.data.dsm_source)]
+            for band, (mean, std) in enumerate(zip(st["mean"], st["std"])):
+                rows.append({"component": name, "modality": m, "band": band, "mean": mean, "std": std, "pixels": st.get("pixels")})
+    return pd.DataFrame(rows)
+
+
+def group_losses(history: list[dict], groups: Sequence[str], terms: Sequence[str]) -> "Any":
+    """Long table of the logged loss terms per modality set: columns ``step``, ``group``
+    (name), ``term``, ``value`` (records without a ``group`` belong to the only group)."""
+    import pandas as pd
+
+    rows = []
+    for h in history:
+        g = groups[int(h.get("group", 0))]
+        rows += [{"step": h["step"], "group": g, "term": t, "value": float(h[t])} for t in ("loss", *terms) if t in h]
+    return pd.DataFrame(rows, columns=["step", "group", "term", "value"])
+
+
+def example_batches(dataset: MixtureDataset, per_source: int) -> dict[str, dict[str, torch.Tensor]]:
+    """``{component: {m: (k, C_m, S, S)}}``: the first ``per_source`` train crops of each component
+    (epoch 0, as training reads them: standardised)."""
+    out = {}
+    for name, start, part in zip(dataset.names, dataset.offsets, dataset.parts):
+        samples = [dataset.get(start + i, 0) for i in range(min(per_source, len(part)))]
+        out[name] = {m: torch.stack([s[m] for s in samples]) for m in part.modalities}
+    return out
+
+
+def report_metrics(history: list[dict], groups: Sequence[str], quality: Mapping[str, Mapping[str, float]],
+                   patch: int) -> dict[str, Any]:
+    """The stage's metrics file (stable keys, for ``dvc metrics`` and the figures stage).
+
+    * ``steps``; ``final_loss``: mean total loss of the last 20 % of logged steps;
+    * ``loss_by_group/<group>/<term>``: each term's mean over that group's steps in the last 20 %;
+    * ``images_per_s/<group>``: median throughput of the group's steps (after the first 10 %);
+    * ``tokens_per_image/<group>``: patches per image of each modality;
+    * ``masked_cosine/<group>/<modality>``: cosine between prediction and target at masked patches.
     """
-    probe: dict[str, dict[str, float]] = {}
-    for r in probe_rows:
-        probe.setdefault(f"{r['task']}_{r['metric']}", {})[r["encoder"]] = round(float(r["score"]), 6)
-    losses = [float(h["loss"]) for h in history[-10:]]
+    n = len(history)
+    tail = history[n - max(1, n // 5):] if n else []
+    late = history[n // 10:] if n else []
+    by_group: dict[str, dict[str, list[float]]] = {}
+    for h in tail:
+        g = groups[int(h.get("group", 0))]
+        for t in ("loss", "reconstruction", "contrast", "hsic", "modality"):
+            if t in h:
+                by_group.setdefault(g, {}).setdefault(t, []).append(float(h[t]))
+    speed: dict[str, list[float]] = {}
+    for h in late:
+        speed.setdefault(groups[int(h.get("group", 0))], []).append(float(h["images_per_s"]))
+    mean = lambda v: round(sum(v) / len(v), 6)  # noqa: E731
     return {
-        "probe": probe,
-        "masked_cosine": {k: round(float(v), 6) for k, v in quality.items()},
-        "final_loss": round(sum(losses) / max(len(losses), 1), 6),
         "steps": int(history[-1]["step"]) if history else 0,
+        "final_loss": mean([float(h["loss"]) for h in tail]) if tail else None,
+        "loss_by_group": {g: {t: mean(v) for t, v in terms.items()} for g, terms in by_group.items()},
+        "images_per_s": {g: round(float(sorted(v)[len(v) // 2]), 2) for g, v in speed.items()},
+        "tokens_per_image": {g: (int(g.rsplit("@", 1)[1]) // patch) ** 2 for g in groups},
+        "masked_cosine": {g: {m: round(float(v), 6) for m, v in q.items()} for g, q in quality.items()},
     }
 
 
