@@ -314,3 +314,23 @@ def test_pair_check_detects_a_change(tmp_path):
     py = jupytext.read(path.with_suffix(".py"))
     py.cells[-1].source += "\n# edited"
     assert _cells(jupytext.read(path)) != _cells(py)
+
+
+def test_every_params_section_builds_its_typed_config():
+    """A typo in params.yaml fails here, not minutes into `dvc repro`: each section the
+    notebooks read becomes its typed config (the pretrain section once per variant, with
+    the overrides its stage passes)."""
+    from mssdf.config import deep_merge, from_dict
+    from mssdf.data.prepare import PrepareConfig
+    from mssdf.pretrain import build_config
+    from mssdf.reports.health import ProbeStageConfig
+    from mssdf.reports.method import MethodReportConfig
+    from mssdf.reports.pretrain import PretrainReportConfig
+
+    from_dict(MethodReportConfig, PARAMS["method"], "method")
+    from_dict(PrepareConfig, PARAMS["prepare"], "prepare")
+    from_dict(PretrainReportConfig, PARAMS["pretrain_report"], "pretrain_report")
+    from_dict(ProbeStageConfig, PARAMS["pretrain_probe"], "pretrain_probe")
+    for variant in PARAMS["pretrain_variants"]:
+        cfg = build_config(deep_merge(PARAMS["pretrain"], {"variant": variant, "out_dir": f"models/pretrain/{variant}"}), "pretrain")
+        assert cfg.data.kind == "mixture" and len(cfg.modality_sets) > 1

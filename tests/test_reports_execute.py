@@ -124,15 +124,16 @@ def test_a_list_section_passes_as_a_list(tmp_path, papermill_calls):
     assert type(papermill_calls[0]["variants"]) is list
 
 
-def test_report_metrics_keys_are_stable_and_derived_from_row_keys():
-    rows = [{"encoder": "pretrained", "task": "height", "metric": "rmse_m", "score": 6.25},
-            {"encoder": "random_init", "task": "height", "metric": "rmse_m", "score": 6.5},
-            {"encoder": "pretrained", "task": "seg_asprs", "metric": "miou", "score": float("nan"), "note": "no val tiles"}]
-    history = [{"step": s, "loss": float(s)} for s in range(5, 101, 5)]
-    m = report_metrics(rows, {"rgb": 0.2}, history)
-    assert m["probe"] == {"height_rmse_m": {"pretrained": 6.25, "random_init": 6.5},
-                          "seg_asprs_miou": {"pretrained": pytest.approx(float("nan"), nan_ok=True)}}
-    assert m["masked_cosine"] == {"rgb": 0.2}
-    assert m["steps"] == 100 and m["final_loss"] == pytest.approx(sum(range(55, 101, 5)) / 10)
-    json.dumps(m)  # serialisable as written
-    assert report_metrics([], {}, [])["steps"] == 0
+def test_pretrain_report_metrics_keys_are_stable_per_modality_set():
+    groups = ["pan@64", "rgb+dsm@64"]
+    history = [{"step": s, "group": float(s % 2), "loss": float(s), "reconstruction": 1.0, "images_per_s": 10.0 + s % 2,
+                **({"contrast": 0.5} if s % 2 else {})} for s in range(1, 101)]
+    m = report_metrics(history, groups, {"rgb+dsm@64": {"rgb": 0.2, "dsm": 0.3}}, patch=8)
+    assert m["steps"] == 100 and m["final_loss"] == pytest.approx(sum(range(81, 101)) / 20)  # last 20 % of the records
+    assert m["loss_by_group"]["pan@64"] == {"loss": pytest.approx(sum(range(82, 101, 2)) / 10), "reconstruction": 1.0}
+    assert m["loss_by_group"]["rgb+dsm@64"]["contrast"] == 0.5  # pair terms only where the set has pairs
+    assert m["images_per_s"] == {"rgb+dsm@64": 11.0, "pan@64": 10.0}
+    assert m["tokens_per_image"] == {"pan@64": 64, "rgb+dsm@64": 64}
+    assert m["masked_cosine"] == {"rgb+dsm@64": {"rgb": 0.2, "dsm": 0.3}}
+    json.dumps(m, allow_nan=False)  # serialisable as written
+    assert report_metrics([], groups, {}, patch=8)["steps"] == 0

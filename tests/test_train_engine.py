@@ -64,7 +64,7 @@ def test_resume_in_process_is_bit_identical_and_outputs_load(tmp_path):
 
 def test_mae_variant_and_user_dataset_and_timm_export(tmp_path):
     data = SyntheticPairs(12, 32, {"rgb": 3}, seed=5)
-    cfg = build_config(micro_run(tmp_path / "mae", variant="mae", epochs=2, export_timm=True))
+    cfg = build_config(micro_run(tmp_path / "mae", variant="mae", epochs=2, export_timm=True, data={"modalities": ["rgb"]}))
     res = pretrain(cfg, dataset=data, live=False, progress=False, log=None)
     assert res.model.teacher is None and res.global_step == 6
     assert set(res.history[-1]) >= {"reconstruction"} and "contrast" not in res.history[-1]

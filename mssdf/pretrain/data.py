@@ -132,7 +132,8 @@ def _check_task(cfg: PretrainConfig, folder: Path, index: list[dict], key: str, 
         raise DataError(f"{key}.task: {folder / 'index.csv'} has no {split} tiles of task {task!r}")
     found = leaks(folder, rows, index)  # on the ground, not by split names
     if found:
-        raise DataError(f"{key}: pre-training on the {split} tiles of {task!r} would read validation/test "
+        where = f"{key}.split" if key == "data" else key  # a mixture's components read train tiles: name the component
+        raise DataError(f"{where}: pre-training on the {split} tiles of {task!r} would read validation/test "
                         f"areas of downstream tasks ({len(found)} overlapping tile pairs): {describe(found)}")
     if cfg.data.backend == "npy":
         cache = folder / "cache" / source / split
