@@ -228,6 +228,7 @@ def run_loop(
     sink: MetricSink,
     out_dir: Path,
     config: Mapping[str, Any],
+    after_step: Callable[[int], Mapping[str, float] | None] | None = None,
 ) -> None:
     """Run ``step_fn`` from ``state.step`` to ``spec.end_step``, logging and checkpointing.
 
@@ -238,6 +239,11 @@ def run_loop(
         step_fn: ``step_fn(batch, step) -> StepOutput`` for global step ``step`` (0-based).
         env, spec, sink, out_dir: where the run sits, its cadence, its metric sink, its folder.
         config: the plain run config stored in each checkpoint.
+        after_step: optional ``after_step(step)`` called after every step (before its
+            checkpoint, so what it records is saved with it), e.g. a validation pass; a
+            mapping it returns is appended to ``state.history`` as ``{step, epoch, **it}``
+            and sent to the sink. It must leave the model in train mode and not draw from
+            the global RNG streams (evaluation without dropout does not), so resume stays exact.
 
     Every logged record is ``{step, epoch, <scalars (rank mean)>, <info>, images_per_s,
     memory_mb}`` and is appended to ``state.history``. The end state is always saved.
@@ -266,6 +272,13 @@ def run_loop(
                 state.history.append(rec)
                 sink.record(rec)
                 t_log, steps_since_log = time.perf_counter(), 0
+            if after_step is not None:
+                extra = after_step(step)
+                if extra:
+                    rec = {"step": step, "epoch": step / spe, **extra}
+                    state.history.append(rec)
+                    sink.record(rec)
+                    t_log = time.perf_counter()  # evaluation time does not count against throughput
             if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < spec.end_step:
                 save(state, out_dir, env, spec, config)
                 last_saved = step

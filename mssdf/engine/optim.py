@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -84,6 +84,58 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, peak_lr: float, min_lr:
     return LambdaLR(optimizer, factor)
 
 
+def layer_decay_groups(model: nn.Module, *, weight_decay: float, layer_decay: float, num_layers: int,
+                       layer_id: Callable[[str], int]) -> list[dict]:
+    """AdamW groups with layer-wise learning-rate decay (BEiT / MAE fine-tuning recipe).
+
+    A parameter of layer ``i`` (``layer_id(name)``: 0 = embeddings, ``num_layers`` = the
+    head, anything after the encoder) gets ``lr_scale = layer_decay ** (num_layers − i)``;
+    weight decay as :func:`no_weight_decay` decides. Frozen parameters are left out.
+
+    Returns:
+        one group per (layer, decayed or not): ``{"params", "weight_decay", "lr_scale",
+        "layer", "names"}``, ordered by layer.
+    """
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer = int(layer_id(name))
+        if not 0 <= layer <= num_layers:
+            raise ValueError(f"layer_id({name!r}) = {layer} is outside [0, {num_layers}]")
+        decay = not no_weight_decay(name, p)
+        g = groups.setdefault((layer, decay), {"params": [], "names": [], "layer": layer,
+                                               "weight_decay": weight_decay if decay else 0.0,
+                                               "lr_scale": layer_decay ** (num_layers - layer)})
+        g["params"].append(p)
+        g["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def schedule_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str = "cosine", power: float = 1.0,
+                    min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based): linear warm-up from 0, then
+    ``poly`` (``(1 − t)^power``) or ``cosine`` decay to ``min_ratio`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return step / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "poly":
+        decayed = (1.0 - t) ** power
+    elif schedule == "cosine":
+        decayed = 0.5 * (1.0 + math.cos(math.pi * t))
+    else:
+        raise ValueError(f"unknown schedule {schedule!r} (poly or cosine)")
+    return min_ratio + (1.0 - min_ratio) * decayed
+
+
+def build_scaled_scheduler(optimizer: torch.optim.Optimizer, *, peak_lr: float, **schedule: Any) -> LambdaLR:
+    """A per-step :class:`LambdaLR`: group ``g`` follows ``peak_lr · g["lr_scale"] ·``
+    :func:`schedule_factor` (``lr_scale`` 1 where absent)."""
+    for g in optimizer.param_groups:
+        g["lr"] = g["initial_lr"] = peak_lr * g.get("lr_scale", 1.0)
+    return LambdaLR(optimizer, lambda step: schedule_factor(step, **schedule))
+
+
 def momentum_at(step: int, total_steps: int, start: float = 0.996, end: float = 1.0) -> float:
     """Cosine EMA momentum: ``start`` at step 0 rising to ``end`` at ``total_steps``."""
     t = min(1.0, step / max(1, total_steps))
@@ -97,5 +149,5 @@ def parameter_count(params: Iterable[torch.Tensor]) -> int:
 
 __all__ = [
     "NO_DECAY_TOKENS", "no_weight_decay", "param_groups", "build_optimizer", "lr_at", "build_scheduler",
-    "momentum_at", "parameter_count",
+    "momentum_at", "parameter_count", "layer_decay_groups", "schedule_factor", "build_scaled_scheduler",
 ]

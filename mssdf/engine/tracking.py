@@ -68,8 +68,9 @@ class MetricSink:
         """Send one logged record (``step`` key = global steps done) to the bar and dvclive."""
         if not self.enabled:
             return
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", ips=f"{rec['images_per_s']:.0f}")
+        if self.bar is not None and "loss" in rec:
+            self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec.get('lr', float('nan')):.2e}",
+                                 ips=f"{rec.get('images_per_s', float('nan')):.0f}")
         if self.live is not None:
             self.live.step = int(rec["step"])
             for k, v in rec.items():

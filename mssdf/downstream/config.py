@@ -1,0 +1,253 @@
+"""Typed configuration of one fine-tuning run (semantic segmentation or height estimation).
+
+A run is one :class:`FinetuneConfig`, built with :func:`build_finetune_config` from a plain
+mapping (a params.yaml section, notebook parameters, ``--set`` overrides). The optional key
+``profile`` selects a starting point that the remaining keys override (deep merge):
+
+* ``smoke``: the tiny preset on the embedded sample, seconds per run on 2 CPU cores;
+* ``paper``: the authors' protocol (method.md, issue 9): ViT-B/16 at 512 px crops, AdamW
+  6e-5, weight decay 0.01, layer decay 0.65 (the mmseg BEiT/MAE recipe), 80k iterations,
+  batch 8, warm-up 1500 iterations then poly, on Potsdam / Vaihingen (50 % of the training
+  set, seeded) or US3D through :mod:`mssdf.data.readers`.
+
+Every unknown key, wrong type or inconsistent value raises
+:class:`~mssdf.config.ConfigError` naming the key, before any data is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from mssdf.config import ConfigError, deep_merge, from_dict, to_dict
+from mssdf.downstream.backbone import BackboneConfig
+
+Task = Literal["segmentation", "height"]
+ROLES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the samples of each role (train / val / test) come from.
+
+    ``kind: sample`` reads a prepared task of the embedded sample
+    (:class:`mssdf.data.sample.SampleTiles`; ``splits[role]`` names the split, e.g. IGN's
+    tasks have no test split: ``test: val``); ``kind: reader`` reads a paper dataset in its
+    official layout (:func:`mssdf.data.readers.get_dataset`, ``reader_args`` for every role,
+    ``role_args[role]`` on top, e.g. ``{train: {split: train, train_fraction: 0.5}}``).
+    Inputs are standardised by per-band train statistics (the sample's ``stats.json``, or
+    estimated from ``stats_samples`` train samples of a reader) unless the backbone holds
+    statistics of its own.
+    """
+
+    kind: Literal["sample", "reader"] = "sample"
+    root: str = "data/prepared"
+    task: str = "seg_buildings"  # kind sample: a prepared task
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "val": "val", "test": "test"})
+    reader: str = ""  # kind reader: registry name (potsdam, vaihingen, us3d)
+    reader_args: dict[str, Any] = field(default_factory=dict)
+    role_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dsm_source: Literal["dsm", "ndsm"] = "ndsm"
+    train_fraction: float = 1.0  # kind sample: a seeded fraction of the train tiles
+    crop: int | None = None  # random training crop side (None: whole samples)
+    flip: bool = True  # random horizontal/vertical flips and 90° rotations in training
+    eval_window: int | None = None  # sliding-window side at evaluation (None: whole samples in one pass)
+    eval_overlap: float = 0.25  # fraction of the window shared by neighbours
+    stats_samples: int = 32  # kind reader: train samples the band statistics are estimated from
+
+    def __post_init__(self) -> None:
+        if self.kind == "sample":
+            from mssdf.data.tasks import TASKS
+
+            if self.task not in TASKS:
+                raise ConfigError(f"data.task: unknown task {self.task!r}; choose from {sorted(TASKS)}")
+        elif not self.reader:
+            raise ConfigError("data.reader: a reader run must name its dataset (potsdam, vaihingen, us3d, ...)")
+        missing = [r for r in ROLES if r not in self.splits]
+        unknown = [r for r in self.splits if r not in ROLES]
+        if missing or unknown:
+            raise ConfigError(f"data.splits: needs exactly the roles {list(ROLES)} (missing {missing}, unknown {unknown})")
+        bad_roles = [r for r in self.role_args if r not in ROLES]
+        if bad_roles:
+            raise ConfigError(f"data.role_args: unknown role(s) {bad_roles}; choose from {list(ROLES)}")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ConfigError(f"data.train_fraction: must be in (0, 1], got {self.train_fraction}")
+        if self.crop is not None and self.crop < 1:
+            raise ConfigError(f"data.crop: must be >= 1 or null, got {self.crop}")
+        if self.eval_window is not None and self.eval_window < 1:
+            raise ConfigError(f"data.eval_window: must be >= 1 or null, got {self.eval_window}")
+        if not 0.0 <= self.eval_overlap < 1.0:
+            raise ConfigError(f"data.eval_overlap: must be in [0, 1), got {self.eval_overlap}")
+        if self.stats_samples < 1:
+            raise ConfigError(f"data.stats_samples: must be >= 1, got {self.stats_samples}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with layer-wise learning-rate decay, warm-up then poly or cosine decay."""
+
+    lr: float = 1e-3
+    layer_decay: float = 0.65  # lr of encoder layer i = lr · decay^(depth + 1 − i); 1.0: none
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    schedule: Literal["poly", "cosine"] = "poly"
+    power: float = 1.0  # poly exponent
+    min_lr: float = 0.0
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr: must be > 0, got {self.lr}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"optim.layer_decay: must be in (0, 1], got {self.layer_decay}")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.min_lr < 0 or self.power <= 0:
+            raise ConfigError("optim.weight_decay, warmup_steps, min_lr: must be >= 0; optim.power: > 0")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"optim.grad_clip: must be > 0 or null, got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One fine-tuning run: a backbone from an initialisation, a head, one dataset, one seed."""
+
+    task: Task = "segmentation"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mode: Literal["finetune", "linear"] = "finetune"  # linear: the backbone is frozen
+    num_classes: int | None = None  # segmentation: None = the dataset's class count (given: must agree)
+    head_channels: int = 64
+    aux_weight: float = 0.4  # segmentation: weight of the auxiliary FCN head's loss (0: no aux head)
+    height_loss: Literal["l1", "mse", "smooth_l1"] = "mse"  # mse: the loss the reported RMSE measures (L1 pulls toward the median: ground, 0 m)
+    height_scale_m: float = 25.5  # metres at 255 in the normalised 8-bit height unit
+    steps: int = 100
+    batch_size: int = 8  # per process
+    eval_every: int = 50  # steps between validations (model selection); the last step always validates
+    select_metric: str = ""  # "" = miou (segmentation, higher better) / rmse_m (height, lower better)
+    seed: int = 0
+    out_dir: str = "scratch/finetune"
+    resume: bool = False
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 1
+    log_every: int = 10
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = 0
+    eval_batch_size: int = 16
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "keep_checkpoints", "log_every", "eval_batch_size", "head_channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"num_classes: must be >= 2 or null, got {self.num_classes}")
+        if self.aux_weight < 0 or self.height_scale_m <= 0:
+            raise ConfigError("aux_weight: must be >= 0; height_scale_m: > 0")
+        if self.task == "height" and self.data.kind == "sample":
+            from mssdf.data.tasks import TASKS
+
+            if "height" not in TASKS[self.data.task].targets:
+                raise ConfigError(f"data.task: {self.data.task!r} has no height target (task is 'height')")
+        if self.task == "segmentation" and self.data.kind == "sample":
+            from mssdf.data.tasks import TASKS
+
+            spec = TASKS[self.data.task]
+            if "label" not in spec.targets or spec.tile_class:
+                raise ConfigError(f"data.task: {self.data.task!r} has no per-pixel label (task is 'segmentation')")
+            if self.num_classes is not None and self.num_classes != len(spec.classes):
+                raise ConfigError(f"num_classes: {self.num_classes} disagrees with the {len(spec.classes)} classes "
+                                  f"of {self.data.task!r} {list(spec.classes)}")
+        if self.select_metric and self.select_metric not in SELECT_METRICS[self.task]:
+            raise ConfigError(f"select_metric: {self.select_metric!r}; choose from {sorted(SELECT_METRICS[self.task])}")
+
+    @property
+    def selection(self) -> tuple[str, bool]:
+        """``(validation metric, higher is better)`` that picks the weights evaluated on test."""
+        name = self.select_metric or ("miou" if self.task == "segmentation" else "rmse_m")
+        return name, SELECT_METRICS[self.task][name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+#: Metrics a run may select its weights on: ``{task: {metric: higher_is_better}}``.
+SELECT_METRICS: dict[str, dict[str, bool]] = {
+    "segmentation": {"miou": True, "f1": True, "overall_accuracy": True},
+    "height": {"rmse_m": False, "mae_m": False, "rmse_norm": False},
+}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # seconds per run on 2 CPU cores: the tiny preset on the prepared sample's 64 px tiles
+    "smoke": {
+        "backbone": {"arch": {"preset": "tiny", "img_size": 64, "patch_size": 8}},
+        "optim": {"lr": 1e-3, "layer_decay": 0.75, "weight_decay": 0.05, "warmup_steps": 10, "schedule": "poly"},
+        "steps": 100, "batch_size": 8, "eval_every": 50, "log_every": 10, "head_channels": 32,
+    },
+    # the authors' protocol (ViT-B/16, mmseg UperNet recipe): 512 px crops, 80k iterations, batch 8
+    "paper": {
+        "backbone": {"arch": {"preset": "base", "img_size": 512, "patch_size": 16}, "drop_path": 0.1},
+        "data": {"kind": "reader", "crop": 512, "eval_window": 512, "eval_overlap": 0.33},
+        "optim": {"lr": 6e-5, "layer_decay": 0.65, "weight_decay": 0.01, "warmup_steps": 1500, "schedule": "poly",
+                  "betas": [0.9, 0.999]},
+        "steps": 80000, "batch_size": 8, "eval_every": 8000, "log_every": 50, "checkpoint_every": 2000,
+        "keep_checkpoints": 2, "head_channels": 512, "precision": "auto",
+    },
+}
+
+
+def _paper_datasets() -> dict[str, dict[str, Any]]:
+    from mssdf.data.readers.potsdam import TRAIN_TILES as POTSDAM_TRAIN
+    from mssdf.data.readers.vaihingen import TRAIN_AREAS as VAIHINGEN_TRAIN
+
+    potsdam_val, vaihingen_val = ("6_12", "7_12"), (34, 37)  # held out of the train tiles for model selection
+    return {
+        # 6 classes with clutter (as the authors); RGB; 50 % of the train crops (seeded); whole test tiles by sliding windows
+        "potsdam": {"task": "segmentation", "backbone": {"modalities": ["rgb"]}, "data": {
+            "kind": "reader", "reader": "potsdam", "root": "data/paper/potsdam",
+            "splits": {"train": "train", "val": "train", "test": "test"},
+            "reader_args": {"modalities": ["rgb"], "labels": "full"},
+            "role_args": {"train": {"tiles": [t for t in POTSDAM_TRAIN if t not in potsdam_val], "crop_size": 512,
+                                    "stride": 512, "train_fraction": 0.5, "seed": 0},
+                          "val": {"tiles": list(potsdam_val)}}}},
+        # IRRG through the RGB adapter (the usual Vaihingen input); 50 % of the train crops
+        "vaihingen": {"task": "segmentation", "backbone": {"modalities": ["rgb"]}, "data": {
+            "kind": "reader", "reader": "vaihingen", "root": "data/paper/vaihingen",
+            "splits": {"train": "train", "val": "train", "test": "test"},
+            "reader_args": {"modalities": ["irrg"], "irrg_key": "rgb", "labels": "full"},
+            "role_args": {"train": {"areas": [a for a in VAIHINGEN_TRAIN if a not in vaihingen_val], "crop_size": 512,
+                                    "stride": 512, "train_fraction": 0.5, "seed": 0},
+                          "val": {"areas": list(vaihingen_val)}}}},
+        # US3D / DFC2019 track 1: RGB -> above-ground height (AGL, metres), seeded tile-grouped split
+        "us3d": {"task": "height", "backbone": {"modalities": ["rgb"]}, "data": {
+            "kind": "reader", "reader": "us3d", "root": "data/paper/us3d",
+            "splits": {"train": "train", "val": "val", "test": "test"},
+            "reader_args": {"modalities": ["rgb"], "targets": ["height"]}}},
+    }
+
+
+#: The paper's datasets through their readers: a study's dataset entry ``{preset: potsdam,
+#: data: {root: /data/potsdam}}`` starts from one of these (with ``profile: paper``: the
+#: authors' protocol). ``backbone.modalities: [rgb, dsm]`` with ``data.reader_args.modalities:
+#: [rgb, dsm]`` is the authors' unreleased "+DSM" setting.
+PAPER_DATASETS: dict[str, dict[str, Any]] = _paper_datasets()
+
+
+def build_finetune_config(data: Mapping[str, Any] | None = None, path: str = "") -> FinetuneConfig:
+    """A validated :class:`FinetuneConfig` from a mapping with an optional ``profile`` key
+    (defaults ← ``PROFILES[profile]`` ← the remaining keys)."""
+    data = dict(data or {})
+    prefix = f"{path}." if path else ""
+    profile = data.pop("profile", None)
+    merged: dict[str, Any] = {}
+    if profile is not None:
+        if profile not in PROFILES:
+            raise ConfigError(f"{prefix}profile: unknown profile {profile!r}; choose from {sorted(PROFILES)}")
+        merged = deep_merge(merged, PROFILES[profile])
+    return from_dict(FinetuneConfig, deep_merge(merged, data), path)
+
+
+__all__ = ["DataConfig", "OptimConfig", "FinetuneConfig", "PROFILES", "PAPER_DATASETS", "SELECT_METRICS", "ROLES", "build_finetune_config"]

@@ -1,0 +1,271 @@
+"""Fine-tuning data: the train / val / test samples of one task, standardised, augmented, checked.
+
+:func:`build_task_data` reads a prepared task of the sample (``data.kind: sample``) or a
+paper dataset through its reader (``data.kind: reader``) and returns :class:`TaskData`:
+three datasets of ``{"images": {m: (C_m, H, W)}, "target": ...}`` items, the class names
+and the statistics the inputs are standardised with.
+
+* Targets: segmentation ``(H, W)`` int64 class ids, 255 = ignore
+  (:data:`mssdf.data.io.IGNORE_INDEX`); height ``(H, W)`` float32 metres, NaN = no data
+  (excluded from loss and metrics, as the readers and the sample mark it).
+* Inputs are standardised per band with *train* statistics: the sample's ``stats.json``
+  (each source its own, as in pre-training) or, for a reader, estimated from
+  ``data.stats_samples`` evenly spaced train samples — unless the backbone's encoder holds
+  statistics of its own (it then takes raw values).
+* Training items are keyed ``(epoch, index)`` (:class:`mssdf.engine.sampler.GlobalBatchSampler`):
+  the random crop and the flips/rotations are functions of ``(seed, epoch, index)``, so a
+  resumed run reads the same augmented batches.
+* Checked before any training (:func:`check_targets`): every label in ``[0, K)`` or the
+  ignore label, heights finite or NaN with at least one finite pixel per sample, inputs
+  finite, the class count of the dataset equal to ``num_classes`` when given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mssdf.config import ConfigError
+from mssdf.data.io import IGNORE_INDEX, DataError
+from mssdf.downstream.config import ROLES, FinetuneConfig
+from mssdf.paths import resolve
+
+Stats = dict[str, tuple[Tensor, Tensor]]  # modality -> (mean (C,), std (C,))
+
+
+@dataclass
+class TaskData:
+    """The three roles of a task, ready for the engine."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    classes: tuple[str, ...]  # segmentation class names (empty for height)
+    stats: Stats  # the standardisation applied to each modality (empty: raw values)
+    description: str  # where the samples come from, and the label kind (SYNTHETIC/DERIVED flagged)
+    label_kind: str  # real / synthetic / derived
+
+
+def _std(values: Sequence[float]) -> list[float]:
+    return [float(s) if math.isfinite(s) and s > 1e-6 else 1.0 for s in values]
+
+
+class TaskDataset(Dataset):
+    """One role: standardised inputs, the target, and (train) seeded augmentation.
+
+    Args:
+        base: a dataset of sample dicts (modality keys, ``label`` or ``height``).
+        modalities: the input keys to return.
+        target: ``label`` or ``height``.
+        stats: ``{m: (mean, std)}`` per band; modalities absent are returned raw.
+        crop: random crop side (train) — None: whole samples.
+        flip: random flips and 90° rotations (train).
+        seed: seed of the augmentation.
+        train: items are keyed ``(epoch, index)`` and augmented; else keyed by index, as is.
+        indices: the subset of ``base`` to expose (a train fraction).
+    """
+
+    def __init__(self, base: Dataset, modalities: Sequence[str], target: str, stats: Stats, *, crop: int | None = None,
+                 flip: bool = False, seed: int = 0, train: bool = False, indices: Sequence[int] | None = None) -> None:
+        self.base, self.modalities, self.target = base, tuple(modalities), target
+        self.stats, self.crop, self.flip, self.seed, self.train = stats, crop, flip, seed, train
+        self.indices = list(range(len(base))) if indices is None else list(indices)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def raw(self, index: int) -> dict[str, Any]:
+        """The base sample behind item ``index`` (no standardisation, no augmentation)."""
+        return self.base[self.indices[index]]
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, Any]:
+        epoch, index = (key[0], key[1]) if isinstance(key, tuple) else (0, key)
+        sample = self.raw(index)
+        images = {}
+        for m in self.modalities:
+            x = torch.as_tensor(sample[m], dtype=torch.float32)
+            if m in self.stats:
+                mean, std = self.stats[m]
+                x = (x - mean[:, None, None]) / std[:, None, None]
+            images[m] = x
+        target = torch.as_tensor(sample[self.target])
+        target = target.long() if self.target == "label" else target.float()
+        if self.train:
+            images, target = self._augment(images, target, epoch, index)
+        return {"images": images, "target": target}
+
+    def _augment(self, images: dict[str, Tensor], target: Tensor, epoch: int, index: int) -> tuple[dict[str, Tensor], Tensor]:
+        rng = np.random.default_rng([self.seed, int(epoch), int(index), 0xF17E])
+        h, w = target.shape[-2:]
+        if self.crop is not None and (self.crop < h or self.crop < w):
+            c = self.crop
+            if c > h or c > w:
+                raise DataError(f"data.crop: {c} is larger than a {h}x{w} sample")
+            r0, c0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+            images = {m: x[..., r0 : r0 + c, c0 : c0 + c] for m, x in images.items()}
+            target = target[..., r0 : r0 + c, c0 : c0 + c]
+        if self.flip:
+            k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+            def op(x: Tensor) -> Tensor:
+                x = torch.rot90(x, k, dims=(-2, -1))
+                return torch.flip(x, dims=(-1,)) if flip else x
+            images, target = {m: op(x) for m, x in images.items()}, op(target)
+        return {m: x.contiguous() for m, x in images.items()}, target.contiguous()
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``[{"images": {m: (C,H,W)}, "target": T}]`` → ``{"images": {m: (B,C,H,W)}, "target": (B, ...)}``."""
+    return {"images": {m: torch.stack([it["images"][m] for it in items]) for m in items[0]["images"]},
+            "target": torch.stack([it["target"] for it in items])}
+
+
+# ----------------------------------------------------------------------------- building
+def build_task_data(cfg: FinetuneConfig, wants_normalized: Mapping[str, bool], root: str | Path | None = None) -> TaskData:
+    """The train / val / test datasets of ``cfg`` (see the module docstring).
+
+    Args:
+        wants_normalized: per input modality, whether the backbone needs standardised inputs
+            (:meth:`mssdf.downstream.backbone.ViTBackbone.wants_normalized`).
+    """
+    target = "label" if cfg.task == "segmentation" else "height"
+    modalities = cfg.backbone.modalities
+    if cfg.data.kind == "sample":
+        bases, classes, stats, desc, kind = _sample_bases(cfg, root)
+    else:
+        bases, classes, stats, desc, kind = _reader_bases(cfg, root, target)
+    stats = {m: s for m, s in stats.items() if wants_normalized.get(m, True)}
+    if cfg.task == "segmentation" and cfg.num_classes is not None and cfg.num_classes != len(classes):
+        raise ConfigError(f"num_classes: {cfg.num_classes} disagrees with the {len(classes)} classes of the dataset {list(classes)}")
+    train_idx = list(range(len(bases["train"])))  # type: ignore[arg-type]
+    if cfg.data.train_fraction < 1.0:
+        g = torch.Generator().manual_seed(cfg.seed)
+        keep = max(1, round(cfg.data.train_fraction * len(train_idx)))
+        train_idx = sorted(torch.randperm(len(train_idx), generator=g)[:keep].tolist())
+    data = TaskData(
+        train=TaskDataset(bases["train"], modalities, target, stats, crop=cfg.data.crop, flip=cfg.data.flip, seed=cfg.seed,
+                          train=True, indices=train_idx),
+        val=TaskDataset(bases["val"], modalities, target, stats),
+        test=TaskDataset(bases["test"], modalities, target, stats),
+        classes=tuple(classes), stats=stats, description=desc, label_kind=kind,
+    )
+    for role in ROLES:
+        if len(getattr(data, role)) == 0:
+            raise DataError(f"data.splits.{role}: no samples ({desc})")
+    return data
+
+
+def _sample_bases(cfg: FinetuneConfig, root: str | Path | None) -> tuple[dict, tuple[str, ...], Stats, str, str]:
+    from mssdf.data.sample import SampleTiles, load_stats
+    from mssdf.data.tasks import TASKS
+    from mssdf.modalities import file_key
+
+    folder = resolve(cfg.data.root, root)
+    if not (folder / "index.csv").is_file():
+        raise DataError(f"data.root: {folder / 'index.csv'}: missing (run the preparation first: dvc repro prepare)")
+    spec = TASKS[cfg.data.task]
+    missing = [m for m in cfg.backbone.modalities if m not in spec.inputs]
+    if missing:
+        raise ConfigError(f"backbone.modalities: task {cfg.data.task!r} has no {missing} (inputs: {list(spec.inputs)})")
+    bases = {role: SampleTiles(folder, cfg.data.task, cfg.data.splits[role], modalities=cfg.backbone.modalities,
+                               dsm_source=cfg.data.dsm_source, fill_nodata=True) for role in ROLES}
+    raw = load_stats(folder, cfg.data.task)
+    stats = {}
+    for m in cfg.backbone.modalities:
+        st = raw[file_key(m, cfg.data.dsm_source)]
+        stats[m] = (torch.tensor(st["mean"], dtype=torch.float32), torch.tensor(_std(st["std"]), dtype=torch.float32))
+    kind = spec.label_kind
+    flag = f" — {kind.upper()} labels" if kind in ("synthetic", "derived") else ""
+    desc = f"sample task {cfg.data.task!r} ({spec.description}; source {spec.source}){flag}"
+    return bases, tuple(spec.classes), stats, desc, kind
+
+
+def _reader_bases(cfg: FinetuneConfig, root: str | Path | None, target: str) -> tuple[dict, tuple[str, ...], Stats, str, str]:
+    from mssdf.data.readers import get_dataset
+
+    folder = resolve(cfg.data.root, root)
+    if not folder.is_dir():
+        raise DataError(f"data.root: {folder}: no such folder (the {cfg.data.reader!r} dataset)")
+    bases = {}
+    for role in ROLES:
+        args = {"split": cfg.data.splits[role], **cfg.data.reader_args, **cfg.data.role_args.get(role, {})}
+        split = args.pop("split")
+        bases[role] = get_dataset(cfg.data.reader, folder, split, **args)
+    train = bases["train"]
+    if len(train) == 0:
+        raise DataError(f"data.root: {folder}: the {cfg.data.reader!r} reader found no train samples")
+    classes = tuple(getattr(train, "CLASSES", ()) or ()) if target == "label" else ()
+    picks = torch.linspace(0, len(train) - 1, min(cfg.data.stats_samples, len(train))).round().long().unique()
+    samples = [train[int(i)] for i in picks]
+    stats = {}
+    for m in cfg.backbone.modalities:
+        if m not in samples[0]:
+            raise ConfigError(f"backbone.modalities: the {cfg.data.reader!r} reader gives no {m!r} "
+                              f"(keys: {sorted(k for k in samples[0] if k != 'meta')}); set data.reader_args.modalities")
+        values = torch.cat([torch.as_tensor(s[m], dtype=torch.float32).flatten(1) for s in samples], dim=1)  # (C, n)
+        finite = torch.isfinite(values)
+        count = finite.sum(1).clamp_min(1)
+        mean = torch.where(finite, values, 0).sum(1) / count
+        var = torch.where(finite, (values - mean[:, None]) ** 2, 0).sum(1) / count
+        stats[m] = (mean, torch.tensor(_std(var.sqrt().tolist())))
+    desc = f"{cfg.data.reader} ({folder}), {len(train)} train samples"
+    return bases, classes, stats, desc, "real"
+
+
+# ----------------------------------------------------------------------------- checks
+def check_targets(data: TaskData, task: str, num_classes: int, limit: int | None = None) -> None:
+    """Refuse bad samples before training: labels outside ``[0, K)`` that are not the ignore
+    label, heights that are infinite or all no-data, non-finite inputs.
+
+    Args:
+        limit: check at most this many samples per role (None: all — the sample's tiles;
+            paper datasets check a prefix here and every batch during training).
+    Raises:
+        DataError: naming the role, the sample (its ``meta`` tile/file where known) and the values.
+    """
+    for role in ROLES:
+        ds: TaskDataset = getattr(data, role)
+        n = len(ds) if limit is None else min(limit, len(ds))
+        for i in range(n):
+            sample = ds.raw(i)
+            where = _where(sample, role, i)
+            for m in ds.modalities:
+                x = torch.as_tensor(sample[m])
+                if not torch.isfinite(x).all():
+                    raise DataError(f"{where}: input {m!r} has {int((~torch.isfinite(x)).sum())} non-finite values")
+            check_target(torch.as_tensor(sample[ds.target]), task, num_classes, where)
+
+
+def check_target(target: Tensor, task: str, num_classes: int, where: str, allow_empty: bool = False) -> None:
+    """One target (or a batch of them): see :func:`check_targets`. ``allow_empty``: a height
+    target without any data passes (a training crop of a sample with large no-data areas)."""
+    if task == "segmentation":
+        bad = target[(target != IGNORE_INDEX) & ((target < 0) | (target >= num_classes))]
+        if bad.numel():
+            raise DataError(f"{where}: labels {sorted(set(bad.unique().tolist()))} outside the {num_classes} classes "
+                            f"[0, {num_classes - 1}] (ignore label {IGNORE_INDEX})")
+    else:
+        t = target.float()
+        if torch.isinf(t).any():
+            raise DataError(f"{where}: height target has {int(torch.isinf(t).sum())} infinite values")
+        if allow_empty:
+            return
+        flat = t.reshape(-1, *t.shape[-2:]) if t.dim() >= 2 else t.reshape(1, -1)
+        empty = [k for k in range(flat.shape[0]) if not torch.isfinite(flat[k]).any()]
+        if empty:
+            raise DataError(f"{where}: height target is entirely NaN (no data) in {len(empty)} sample(s)")
+
+
+def _where(sample: Mapping[str, Any], role: str, index: int) -> str:
+    meta = sample.get("meta") or {}
+    name = meta.get("tile") or meta.get("file") or meta.get("id") or meta.get("name")
+    return f"{role} sample {index}" + (f" ({name})" if name else "")
+
+
+__all__ = ["TaskData", "TaskDataset", "collate", "build_task_data", "check_targets", "check_target"]
