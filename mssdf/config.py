@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import re
 import types
+from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -216,3 +217,27 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
 
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "replace", "yaml_load", "deep_merge", "parse_sets"]
+
+
+def load_mapping(path: str | Path | None = None, section: str | None = None, sets: list[str] | None = None) -> dict[str, Any]:
+    """A YAML file's mapping (optionally its ``section``, e.g. ``pretrain`` of ``params.yaml``)
+    with ``key=value`` overrides (:func:`parse_sets`) merged in; every CLI reads its run this way.
+
+    Raises:
+        ConfigError: naming a missing file, a missing section, or a non-mapping.
+    """
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        loaded = yaml_load(p.read_text()) or {}
+        if section:
+            if section not in loaded:
+                raise ConfigError(f"{p}: no section {section!r} (sections: {sorted(loaded)})")
+            loaded = loaded[section] or {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{p}: expected a mapping at the top{' of ' + section if section else ''}")
+        data = dict(loaded)
+    return deep_merge(data, parse_sets(sets or []))

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-from mssdf.config import ConfigError, deep_merge, parse_sets, yaml_load
+from mssdf.config import ConfigError, load_mapping
 from mssdf.data.io import DataError
 
 
@@ -37,18 +35,7 @@ def load_run(path: str | None, section: str | None, sets: list[str]) -> "object"
     """The validated run config of a YAML file (or one of its sections) with ``key=value`` overrides."""
     from mssdf.downstream.config import build_finetune_config
 
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        loaded = yaml_load(p.read_text()) or {}
-        if section:
-            if section not in loaded:
-                raise ConfigError(f"{p}: no section {section!r} (sections: {sorted(loaded)})")
-            loaded = loaded[section] or {}
-        data = dict(loaded)
-    return build_finetune_config(deep_merge(data, parse_sets(sets)), section or "")
+    return build_finetune_config(load_mapping(path, section, sets), section or "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 
-from mssdf.config import ConfigError, deep_merge, from_dict, parse_sets, to_dict, yaml_load
+from mssdf.config import ConfigError, deep_merge, from_dict, load_mapping, parse_sets, to_dict
 from mssdf.losses import LossConfig
 from mssdf.masking import MaskingConfig
 from mssdf.modalities import CHANNELS, DsmSource
@@ -419,20 +419,7 @@ def build_config(data: Mapping[str, Any] | None = None, path: str = "") -> Pretr
 def load_config(path: str | Path | None = None, section: str | None = None, sets: list[str] | None = None) -> PretrainConfig:
     """Read a YAML file (optionally one ``section`` of it, e.g. ``pretrain`` of ``params.yaml``),
     apply ``key=value`` overrides and validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        loaded = yaml_load(p.read_text()) or {}
-        if section:
-            if section not in loaded:
-                raise ConfigError(f"{p}: no section {section!r} (sections: {sorted(loaded)})")
-            loaded = loaded[section] or {}
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"{p}: expected a mapping at the top{' of ' + section if section else ''}")
-        data = dict(loaded)
-    data = deep_merge(data, parse_sets(sets or []))
+    data = load_mapping(path, section, sets)
     return build_config(data, section or "")
 
 
