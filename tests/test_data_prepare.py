@@ -60,6 +60,59 @@ def test_synthetic_and_derived_marked(prepared):
     assert "SYNTHETIC" in (out / "README.md").read_text()
 
 
+def _change_pairs(out):
+    """(tile, before, after, mask) of every change row of a prepared folder, in index order."""
+    rows = [r for r in read_index(out) if r["task"] == "change"]
+    return [(r["tile"], read_raster(out / r["files"]["pan"])[0], read_raster(out / r["files"]["pan_t2"])[0],
+             read_raster(out / r["files"]["label"], dtype=np.uint8)[0]) for r in rows]
+
+
+def test_change_pairs_carry_acquisition_differences(prepared, tmp_path):
+    out, summary, raw = prepared
+    pairs = _change_pairs(out)
+    assert pairs and sum(int((m == 1).sum()) for *_, m in pairs) > 0
+    for tile, before, after, mask in pairs:
+        keep = (mask == 0) & np.isfinite(before)
+        assert (after[keep] != before[keep]).mean() > 0.99, tile  # the after-image differs everywhere
+        np.testing.assert_array_equal(np.isnan(after), np.isnan(before))
+        notes = json.loads((out / "tiles" / "atlanta" / tile / "change.json").read_text())
+        assert set(notes) == {"edits", "acquisition"} and "gain" in notes["acquisition"]
+    assert summary["config"]["change_shift"]["enabled"] is True
+    # the two streams of the tile's seed: the edit from ``seed`` (as before the shift existed),
+    # the acquisition differences from ``[seed, 1]``
+    from mssdf.data import labels as L
+    from mssdf.data.sources import load_scenes
+    from mssdf.data.tiling import crop_padded
+
+    cfg = _cfg(raw, out)
+    (sc,) = load_scenes({"atlanta": cfg.sources["atlanta"]}, raw, max_hole_px=cfg.max_hole_px)["atlanta"]
+    size = cfg.sources["atlanta"].tile
+    for r in (r for r in read_index(out) if r["task"] == "change"):
+        pan = crop_padded(sc.arrays["pan"], r["row"], r["col"], size, np.nan)
+        inst = crop_padded(sc.instances, r["row"], r["col"], size, 0)
+        seed = cfg.seed * 1_000_003 + r["row"] * 10_007 + r["col"]
+        t2, mask, recs = L.synthetic_change(np.nan_to_num(pan, nan=0.0), inst, np.random.default_rng(seed),
+                                            n_changes=cfg.change_per_tile, max_shift=size // 3, min_pixels=cfg.min_box_pixels)
+        t2, rec = L.acquisition_shift(np.where(np.isnan(pan), np.nan, t2), np.random.default_rng([seed, 1]), cfg.change_shift)
+        label = read_raster(out / r["files"]["label"], dtype=np.uint8)[0]
+        np.testing.assert_array_equal(label, np.where(np.isnan(pan[0]), 255, mask))
+        np.testing.assert_array_equal(read_raster(out / r["files"]["pan_t2"]), t2)
+        notes = json.loads((out / "tiles" / "atlanta" / r["tile"] / "change.json").read_text())
+        assert notes == json.loads(json.dumps({"edits": recs, "acquisition": rec}))
+    assert "acquisition" in (out / "README.md").read_text() and "acquisition" in TASKS["change"].description
+    # the shift off: the same tiles, the same masks, and after == before outside the mask again
+    off = tmp_path / "off"
+    prepare(_cfg(raw, off, sources=small_sources("atlanta"), change_shift={"enabled": False}), log=None)
+    pairs_off = _change_pairs(off)
+    assert [t for t, *_ in pairs_off] == [t for t, *_ in pairs]
+    for (tile, before, after, mask), (_, before0, after0, mask0) in zip(pairs, pairs_off):
+        np.testing.assert_array_equal(mask0, mask)  # the edit draws did not move
+        np.testing.assert_array_equal(before0, before)
+        keep = (mask0 == 0) & np.isfinite(before0)
+        np.testing.assert_array_equal(after0[keep], before0[keep])
+        assert not np.array_equal(np.nan_to_num(after0), np.nan_to_num(after)), tile
+
+
 def test_no_pixel_in_two_splits(prepared):
     out, _, _ = prepared
     rows = read_index(out)
@@ -224,6 +277,10 @@ def test_unknown_config_key_fails():
         from_dict(PrepareConfig, {"sources": "autzen,ign"}, "prepare")  # the former comma-separated form
     with pytest.raises(ConfigError, match=r"unknown key\(s\) prepare\.sources\.ign\.tiles"):
         from_dict(PrepareConfig, {"sources": {"ign": {"tiles": 32}}}, "prepare")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) prepare\.change_shift\.gains "):
+        from_dict(PrepareConfig, {"change_shift": {"gains": [0.9, 1.1]}}, "prepare")
+    with pytest.raises(ConfigError, match=r"^prepare\.change_shift\.blur_sigma: "):
+        from_dict(PrepareConfig, {"change_shift": {"blur_sigma": [0.8, 0.0]}}, "prepare")
 
 
 # ----------------------------------------------------------------------------- per-source settings

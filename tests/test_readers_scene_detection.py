@@ -44,8 +44,11 @@ def test_nwpu_needs_45_classes(tmp_path):
     assert len(ds.classes) == 45 and len(ds) == 45 and (ds.class_counts() == 1).all()  # 10%
     assert len(NWPU_RESISC45(tmp_path, "train", train_ratio=0.2)) == 90
     assert len(NWPU_RESISC45(tmp_path, "all")) == 450
-    with pytest.raises(ConfigError, match="train_ratio"):
-        NWPU_RESISC45(tmp_path, "train", train_ratio=1.0)
+    assert len(NWPU_RESISC45(tmp_path, "train", train_ratio=1.0)) == 450  # (0, 1]: everything in train
+    assert len(NWPU_RESISC45(tmp_path, "test", train_ratio=1.0)) == 0
+    for bad in (0.0, 1.5, -0.2, True):
+        with pytest.raises(ConfigError, match=r"train_ratio=.*\(0, 1\]"):
+            NWPU_RESISC45(tmp_path, "train", train_ratio=bad)
     (tmp_path / "NWPU-RESISC45" / "c07" / "c07_003.jpg").write_bytes(b"\xff\xd8\xff broken")
     ds = NWPU_RESISC45(tmp_path, "all")
     with pytest.raises(DataError, match=r"c07_003\.jpg"):

@@ -2,19 +2,23 @@
 
 Real labels: building footprints (Atlanta polygons -> mask and instance ids -> boxes),
 road masks (Las Vegas), ASPRS lidar classes (IGN). Derived labels, marked as such in the
-tile index: synthetic changes (:func:`synthetic_change`) and scene classes
+tile index: synthetic changes (:func:`synthetic_change`, whose after-image then gets the
+differences of a second acquisition from :func:`acquisition_shift`) and scene classes
 (:func:`fraction_class`, :func:`dominant_class`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from mssdf.config import ConfigError
 from mssdf.data.io import IGNORE_INDEX, DataError
 
 
@@ -194,7 +198,8 @@ def synthetic_change(
         min_pixels: objects with fewer visible pixels are left alone.
 
     Returns:
-        ``after`` (C, H, W) (equal to ``image`` outside the mask, bit for bit), ``mask``
+        ``after`` (C, H, W) (equal to ``image`` outside the mask, bit for bit: give it the
+        differences of a real second acquisition with :func:`acquisition_shift`), ``mask``
         (H, W) uint8 1 = changed pixel (exactly the pixels that were rewritten), and one
         record per change (``op``, object id, offset).
 
@@ -241,3 +246,159 @@ def synthetic_change(
             objects |= target
         records.append(record)
     return after, changed.astype(np.uint8), records
+
+
+# ----------------------------------------------------------------------------- second acquisition
+def _check_range(name: str, value: tuple[float, float], low: float, high: float = math.inf, open_low: bool = False) -> None:
+    """``value`` must be a (lo, hi) pair of numbers with ``low <= lo <= hi <= high`` (``low < lo``
+    if ``open_low``); ConfigError naming ``name`` otherwise."""
+    if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise ConfigError(f"{name}: expected a [low, high] pair of numbers, got {list(value)!r}")
+    lo, hi = value
+    if not ((low < lo) if open_low else (low <= lo)) or not lo <= hi <= high:
+        rule = f"{low} {'<' if open_low else '<='} low <= high" + (f" <= {high}" if high < math.inf else "")
+        raise ConfigError(f"{name}: [{lo}, {hi}] must satisfy {rule}")
+
+
+@dataclass(frozen=True)
+class AcquisitionShift:
+    """Ranges of the per-tile differences of a second acquisition (:func:`acquisition_shift`).
+
+    Every value is drawn per tile, uniformly in its range (``±x``: in ``[-x, x]``).
+
+    Attributes:
+        enabled: apply the shift at all (false: the after-image is the edited before-image).
+        gain: common multiplicative gain (contrast) of all bands.
+        hue: per-band gain difference (colour balance): band ``b`` gets ``gain * (1 + d_b)``,
+            ``d_b`` drawn in ``±hue`` and centred over the bands (a one-band image has
+            ``d = 0``: there the hue shift reduces to the gain).
+        offset: additive offset (brightness) per band, in units of the band's standard
+            deviation in the tile.
+        gamma: exponent of a monotone power curve on each band's value range in the tile.
+        gradient: largest amplitude of a multiplicative illumination plane (``1 ± a`` at the
+            far edges, random direction; ``a`` drawn in ``[0, gradient]``).
+        shift_px: largest sub-pixel misregistration in each axis (pixels).
+        blur_sigma: Gaussian blur sigma range in pixels (0 = no blur).
+        noise: additive Gaussian noise std, in units of the band's standard deviation.
+
+    Raises:
+        ConfigError (a ValueError): a bad range, the message starting with the field's name
+            (:func:`mssdf.config.from_dict` prefixes the key path, ``prepare.change_shift.gain``).
+    """
+
+    enabled: bool = True
+    gain: tuple[float, float] = (0.85, 1.15)
+    hue: float = 0.05
+    offset: float = 0.2
+    gamma: tuple[float, float] = (0.85, 1.15)
+    gradient: float = 0.1
+    shift_px: float = 0.5
+    blur_sigma: tuple[float, float] = (0.0, 0.8)
+    noise: float = 0.03
+
+    def __post_init__(self) -> None:
+        for name in ("gain", "gamma", "blur_sigma"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
+        _check_range("gain", self.gain, 0.0, open_low=True)
+        _check_range("gamma", self.gamma, 0.0, open_low=True)
+        _check_range("blur_sigma", self.blur_sigma, 0.0, 10.0)
+        for name, high in (("hue", 0.5), ("offset", math.inf), ("gradient", 0.5), ("shift_px", 4.0), ("noise", math.inf)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+                raise ConfigError(f"{name}: {value!r} must be a number " + (f"in [0, {high}]" if high < math.inf else ">= 0"))
+
+
+def _band_stats(band: np.ndarray) -> tuple[float, float, float, float]:
+    """Mean, std, min, max of the finite pixels of ``band`` (0, 0, 0, 0 if none)."""
+    v = band[np.isfinite(band)].astype(np.float64)
+    if v.size == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    return float(v.mean()), float(v.std()), float(v.min()), float(v.max())
+
+
+def acquisition_shift(image: np.ndarray, rng: np.random.Generator, cfg: AcquisitionShift) -> tuple[np.ndarray, dict[str, Any]]:
+    """The differences of a second acquisition, applied to a whole (C, H, W) after-image.
+
+    A synthetic after-image (:func:`synthetic_change`) equals its before-image outside the
+    change mask, so a pixel difference would solve the task; a real second date differs
+    everywhere. Drawn per tile from ``rng`` (ranges in ``cfg``), applied in this order:
+
+    1. sub-pixel misregistration: a shift of up to ``shift_px`` in each axis
+       (``scipy.ndimage.shift``, linear, ``mode="nearest"``);
+    2. a slight Gaussian blur (``blur_sigma``, may be 0);
+    3. a smooth illumination gradient: the image times a plane ``1 + a * ramp`` with ``ramp``
+       in [-1, 1] across the tile in a random direction;
+    4. a gamma curve on each band's value range in the tile (monotone, keeps min and max);
+    5. per-band gain and offset: ``gain * (1 + d_b) * x + o_b * std_b``; ``d_b`` is the
+       colour-balance ("hue") difference between bands - for the one-band ``pan`` it is 0
+       and the hue shift reduces to the gain;
+    6. additive Gaussian noise of std ``noise * std_b``.
+
+    ``std_b`` is band ``b``'s standard deviation over the tile's finite pixels (a constant
+    band gets no offset nor noise). No-data (NaN) pixels are filled with their band's mean
+    for the filters and are NaN again, exactly where they were, in the output; no other
+    pixel becomes NaN. An input whose finite values are all >= 0 gives an output >= 0
+    (clipped at 0). The change mask is not touched: the shift applies to every pixel alike.
+
+    Args:
+        image: (C, H, W) float after-image (NaN = no data).
+        rng: random generator (seed it per tile, apart from the edit's own stream).
+        cfg: the ranges; ``cfg.enabled`` false returns a float32 copy and ``{}`` (no draw).
+
+    Returns:
+        the (C, H, W) float32 image and the record of the drawn values (JSON-ready:
+        ``gain``, ``offset`` (in band stds) and ``offset_value`` per band, ``gamma``,
+        ``gradient`` amplitude and ``gradient_angle_deg``, ``shift_px`` (dy, dx),
+        ``blur_sigma``, ``noise`` (in band stds)).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"acquisition_shift: expected a (C, H, W) image, got shape {image.shape}")
+    if not cfg.enabled:
+        return image.astype(np.float32, copy=True), {}
+    c, h, w = image.shape
+    nodata = np.isnan(image)
+    stats = [_band_stats(image[b]) for b in range(c)]
+    mean = np.array([s[0] for s in stats])
+    std = np.array([s[1] for s in stats])
+    nonneg = all(s[2] >= 0 for s in stats)
+
+    # the draws, in a fixed order
+    shift = rng.uniform(-cfg.shift_px, cfg.shift_px, size=2)
+    sigma = float(rng.uniform(*cfg.blur_sigma))
+    amp, angle = float(rng.uniform(0.0, cfg.gradient)), float(rng.uniform(0.0, 2 * math.pi))
+    gamma = float(rng.uniform(*cfg.gamma))
+    gain = float(rng.uniform(*cfg.gain))
+    hue = rng.uniform(-cfg.hue, cfg.hue, size=c)
+    hue = hue - hue.mean()  # a colour-balance shift only: one band has none
+    offset = rng.uniform(-cfg.offset, cfg.offset, size=c)
+    gains = gain * (1.0 + hue)
+
+    x = np.where(nodata, mean[:, None, None], image).astype(np.float64)
+    for b in range(c):
+        if shift.any():
+            x[b] = ndimage.shift(x[b], shift, order=1, mode="nearest")
+        if sigma > 0:
+            x[b] = ndimage.gaussian_filter(x[b], sigma, mode="nearest")
+    yy, xx = np.meshgrid(np.linspace(-1.0, 1.0, h), np.linspace(-1.0, 1.0, w), indexing="ij")
+    ramp = math.cos(angle) * xx + math.sin(angle) * yy
+    ramp /= max(float(np.abs(ramp).max()), 1e-12)
+    x *= 1.0 + amp * ramp
+    for b in range(c):
+        lo, hi = float(x[b].min()), float(x[b].max())
+        if hi > lo:
+            x[b] = lo + (hi - lo) * ((x[b] - lo) / (hi - lo)) ** gamma
+    x = gains[:, None, None] * x + (offset * std)[:, None, None]
+    if cfg.noise > 0:
+        x += rng.normal(0.0, 1.0, size=x.shape) * (cfg.noise * std)[:, None, None]
+    if nonneg:
+        np.maximum(x, 0.0, out=x)
+    out = np.where(nodata, np.nan, x).astype(np.float32)
+    record = {
+        "gain": [round(float(g), 6) for g in gains], "offset": [round(float(o), 6) for o in offset],
+        "offset_value": [round(float(o * s), 6) for o, s in zip(offset, std)], "gamma": round(gamma, 6),
+        "gradient": round(amp, 6), "gradient_angle_deg": round(math.degrees(angle), 3),
+        "shift_px": [round(float(v), 6) for v in shift], "blur_sigma": round(sigma, 6), "noise": cfg.noise,
+    }
+    return out, record

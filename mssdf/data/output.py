@@ -141,9 +141,14 @@ def _write_tile(cfg: PrepareConfig, sc: Scene, r: int, c: int, size: int, split:
         filled = np.nan_to_num(tile["pan"], nan=0.0)
         t2, change, recs = L.synthetic_change(filled, inst, np.random.default_rng(seed), n_changes=cfg.change_per_tile,
                                               max_shift=size // 3, min_pixels=cfg.min_box_pixels)
-        t2 = np.where(np.isnan(tile["pan"]), np.nan, t2).astype(np.float32)
+        t2 = np.where(np.isnan(tile["pan"]), np.nan, t2)
+        # the differences of a second acquisition, everywhere: their own stream of the tile's seed
+        # (the edit's draws above stay what they were)
+        t2, shift = L.acquisition_shift(t2, np.random.default_rng([seed, 1]), cfg.change_shift)
         tile["pan_t2"] = t2
         tile["change"] = np.where(np.isnan(tile["pan"][0]), IGNORE_INDEX, change)[None].astype(np.uint8)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "change.json", json.dumps({"edits": recs, "acquisition": shift}, sort_keys=True) + "\n")
         extra.update(change_fraction=float(change.mean()), change_ops=";".join(x["op"] for x in recs))
     if "building_fraction" in needs.tile_classes:
         fraction = float((inst > 0).mean())
@@ -211,5 +216,9 @@ def _write_docs(out: Path, raw: Path) -> None:
         "**Label provenance** (`label_kind` column of index.csv):\n\n"
         + "".join(f"- `{t}` ({s.source}): **{s.label_kind}** - {s.description}\n" for t, s in TASKS.items())
         + "\nThe change-detection labels are SYNTHETIC (objects edited into real tiles) and the scene "
-        "classes are DERIVED from real labels; no real change or scene labels exist in this sample.\n"
+        "classes are DERIVED from real labels; no real change or scene labels exist in this sample. "
+        "The after-image `pan_t2` also carries the differences of a second acquisition everywhere, "
+        "inside and outside the mask (radiometric gain/offset/gamma shifts, an illumination gradient, "
+        "sub-pixel misregistration, blur, noise; drawn per tile, `prepare.change_shift` in params.yaml, "
+        "the draws in the tile's `change.json`), while the change mask is exactly the edited pixels.\n"
     )

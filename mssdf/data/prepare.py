@@ -3,7 +3,9 @@
 Output layout (``out_dir``)::
 
     scenes/<source>/<scene>/<key>.tif   full aligned rasters (GeoTIFF, CRS + transform)
-    tiles/<source>/<tile>/<key>.tif     one GeoTIFF per tile and key; boxes.json for detection
+    tiles/<source>/<tile>/<key>.tif     one GeoTIFF per tile and key; boxes.json for detection;
+                                       change.json for the synthetic change (the edits and the
+                                       drawn acquisition differences of ``pan_t2``)
     cache/<source>/<split>/<key>.npy   stacked tiles (N, C, H, W) for memory-mapped loading
                                        (tiles.json: their order; boxes.npy + boxes_offsets.npy)
     index.csv       one row per (task, tile): split, window, nodata fraction, files, and the
@@ -44,6 +46,7 @@ from typing import Any, Callable
 
 from mssdf.atomic import atomic_write_text
 from mssdf.data.io import DataError
+from mssdf.data.labels import AcquisitionShift
 from mssdf.data.output import write_prepared
 from mssdf.data.sources import SOURCES, SourceSettings, check_inputs, load_scenes, resolve_settings
 
@@ -60,6 +63,12 @@ class PrepareConfig:
     ``min_density`` for IGN); keys left out of a block take the source's defaults, which
     the built config holds filled in. A window with more than ``max_nodata`` of no-data
     pixels is rejected.
+
+    ``change_shift``: ranges of the acquisition differences (radiometry, illumination
+    gradient, sub-pixel misregistration, blur, noise) given to the synthetic change task's
+    after-image ``pan_t2`` everywhere, drawn per tile
+    (:class:`mssdf.data.labels.AcquisitionShift`, :func:`mssdf.data.labels.acquisition_shift`);
+    ``enabled: false`` keeps the after-image equal to the before-image outside the mask.
     """
 
     raw_dir: str = "data/raw"
@@ -72,6 +81,7 @@ class PrepareConfig:
     max_hole_px: int = 4
     scene_edges: tuple[float, ...] = (0.02, 0.15)
     change_per_tile: int = 2
+    change_shift: AcquisitionShift = field(default_factory=AcquisitionShift)
     min_box_pixels: int = 16
     build_cache: bool = True
 

@@ -79,7 +79,9 @@ TASKS: dict[str, TaskSpec] = {
                           target_files=(("boxes", "boxes.json"),)),
     "change": TaskSpec(
         "atlanta", ("pan", "pan_t2"), ("label",), "synthetic", ("unchanged", "changed"),
-        "SYNTHETIC: buildings removed/pasted/shifted in real tiles; exact change mask", target_files=(("label", "change.tif"),),
+        "SYNTHETIC: buildings removed/pasted/shifted in real tiles; the after-image also carries acquisition "
+        "differences everywhere (radiometric shifts, illumination gradient, sub-pixel misregistration, blur, noise); "
+        "the mask is exactly the edited pixels", target_files=(("label", "change.tif"),),
     ),
     "scene": TaskSpec(
         "atlanta", ("pan",), ("label",), "derived", ("few buildings", "some buildings", "dense buildings"),

@@ -148,7 +148,8 @@ class ViTBackbone(nn.Module):
         init_description: where the weights came from (:func:`describe_init`).
     """
 
-    def __init__(self, encoder: Encoder, modalities: Sequence[str], out_indices: Sequence[int] = (), init_description: str = ""):
+    def __init__(self, encoder: Encoder, modalities: Sequence[str], out_indices: Sequence[int] = (), init_description: str = "",
+                 neck: bool = True):
         super().__init__()
         cfg = encoder.cfg
         self.modalities = tuple(modalities)
@@ -162,8 +163,8 @@ class ViTBackbone(nn.Module):
         if cfg.patch_size % 4:
             raise ConfigError(f"the simple feature pyramid needs a patch size divisible by 4, got {cfg.patch_size}")
         self.encoder = _keep_adapters(encoder, self.modalities)
-        self.neck = SimpleFeaturePyramid(cfg.embed_dim)
-        self.out_channels = list(self.neck.out_channels)
+        self.neck = SimpleFeaturePyramid(cfg.embed_dim) if neck else None  # classification: no pyramid, no unused weights
+        self.out_channels = [cfg.embed_dim // 4, cfg.embed_dim // 2, cfg.embed_dim, cfg.embed_dim]
         p = cfg.patch_size
         self.strides = [p // 4, p // 2, p, 2 * p]
         self.init_description = init_description
@@ -206,8 +207,12 @@ class ViTBackbone(nn.Module):
                 return int(rest.split(".")[1]) + 1
         return self.depth + 1
 
-    def features(self, images: Mapping[str, Tensor]) -> list[Tensor]:
-        """The four fused token maps ``(B, D, H/p, W/p)`` of blocks ``out_indices`` (before the neck)."""
+    @property
+    def embed_dim(self) -> int:
+        return self.encoder.cfg.embed_dim
+
+    def _embed(self, images: Mapping[str, Tensor]) -> tuple[Tensor, int, tuple[int, int]]:
+        """``(M·B, 1 + N, D)`` tokens of every modality stacked along the batch (cls first), B, grid."""
         missing = [m for m in self.modalities if m not in images]
         if missing:
             raise KeyError(f"images lack the backbone's modalities {missing} (has {sorted(images)})")
@@ -217,9 +222,14 @@ class ViTBackbone(nn.Module):
         enc = self.encoder
         tokens = enc.embed({m: images[m] for m in self.modalities})  # checks channels and patch multiples
         first = images[self.modalities[0]]
-        b, (gh, gw) = first.shape[0], enc.grid(first)
+        b, grid = first.shape[0], enc.grid(first)
         x = torch.cat([tokens[m] for m in self.modalities], dim=0)  # (M·B, N, D)
-        x = torch.cat([enc.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        return torch.cat([enc.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1), b, grid
+
+    def features(self, images: Mapping[str, Tensor]) -> list[Tensor]:
+        """The four fused token maps ``(B, D, H/p, W/p)`` of blocks ``out_indices`` (before the neck)."""
+        enc = self.encoder
+        x, b, (gh, gw) = self._embed(images)
         wanted, taken = set(self.out_indices), {}
         for i, blk in enumerate(enc.blocks[: max(self.out_indices) + 1]):
             x = blk(x)
@@ -232,9 +242,25 @@ class ViTBackbone(nn.Module):
             out.append(t.transpose(1, 2).reshape(b, -1, gh, gw))
         return out
 
+    def pooled(self, images: Mapping[str, Tensor], pool: str = "cls") -> Tensor:
+        """``{m: (B, C_m, H, W)}`` → ``(B, D)``: every block, the final norm, then the cls token
+        (``pool="cls"``) or the mean of the patch tokens (``"mean"``), fused by the mean over
+        modalities — the image embedding of scene classification and its probes."""
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        enc = self.encoder
+        x, b, _ = self._embed(images)
+        for blk in enc.blocks:
+            x = blk(x)
+        x = enc.norm(x)
+        z = x[:, 0] if pool == "cls" else x[:, 1:].mean(dim=1)  # (M·B, D)
+        return z.reshape(len(self.modalities), b, -1).mean(dim=0)
+
     def forward(self, images: Mapping[str, Tensor]) -> list[Tensor]:
         """``{m: (B, C_m, H, W)}`` → four maps ``(B, D, H/s_i, W/s_i)``, ``s = strides``
         (level 3: ``ceil``). Keys other than the backbone's modalities are ignored."""
+        if self.neck is None:
+            raise RuntimeError("this backbone was built without its feature pyramid (neck=False): use pooled()")
         return self.neck(self.features(images))
 
 
@@ -350,8 +376,9 @@ def _load_file(path: Path, cfg: BackboneConfig) -> Encoder:
     return load_timm_file(path, m, kwargs=kwargs)
 
 
-def build_backbone(cfg: BackboneConfig, root: str | Path | None = None) -> ViTBackbone:
-    """A :class:`ViTBackbone` from ``cfg.init`` (module doc); ``root`` anchors relative paths.
+def build_backbone(cfg: BackboneConfig, root: str | Path | None = None, neck: bool = True) -> ViTBackbone:
+    """A :class:`ViTBackbone` from ``cfg.init`` (module doc); ``root`` anchors relative paths;
+    ``neck=False``: without the feature pyramid (classification reads :meth:`ViTBackbone.pooled`).
 
     Raises (before any training, naming the file or key):
         FileNotFoundError: a variant name whose ``<models_dir>/<name>/final`` is missing.
@@ -371,7 +398,7 @@ def build_backbone(cfg: BackboneConfig, root: str | Path | None = None) -> ViTBa
             raise ConfigError(f"modalities: init {cfg.init!r} has adapters {list(encoder.cfg.modalities)}; "
                               f"requested {list(cfg.modalities)}")
         _set_drop_path(encoder, cfg.drop_path)
-    return ViTBackbone(encoder, cfg.modalities, cfg.out_indices, init_description=describe_init(cfg, root))
+    return ViTBackbone(encoder, cfg.modalities, cfg.out_indices, init_description=describe_init(cfg, root), neck=neck)
 
 
 def _channels(m: str) -> int:

@@ -1,4 +1,5 @@
-"""Typed configuration of one fine-tuning run (semantic segmentation or height estimation).
+"""Typed configuration of one downstream run: semantic segmentation, height estimation,
+scene classification or change detection.
 
 A run is one :class:`FinetuneConfig`, built with :func:`build_finetune_config` from a plain
 mapping (a params.yaml section, notebook parameters, ``--set`` overrides). The optional key
@@ -8,7 +9,12 @@ mapping (a params.yaml section, notebook parameters, ``--set`` overrides). The o
 * ``paper``: the authors' protocol (method.md, issue 9): ViT-B/16 at 512 px crops, AdamW
   6e-5, weight decay 0.01, layer decay 0.65 (the mmseg BEiT/MAE recipe), 80k iterations,
   batch 8, warm-up 1500 iterations then poly, on Potsdam / Vaihingen (50 % of the training
-  set, seeded) or US3D through :mod:`mssdf.data.readers`.
+  set, seeded), US3D or SECOND through :mod:`mssdf.data.readers`; for scene classification
+  :data:`TASK_PROFILES` replaces the dense-task recipe by MAE's fine-tuning recipe at 224 px
+  (AID, NWPU-RESISC45).
+
+Per task, :data:`TASK_PROFILES` ``[profile][task]`` is merged after the profile and before
+the remaining keys.
 
 Every unknown key, wrong type or inconsistent value raises
 :class:`~mssdf.config.ConfigError` naming the key, before any data is read.
@@ -22,7 +28,12 @@ from typing import Any, Literal, Mapping
 from mssdf.config import ConfigError, deep_merge, from_dict, to_dict
 from mssdf.downstream.backbone import BackboneConfig
 
-Task = Literal["segmentation", "height"]
+Task = Literal["segmentation", "height", "classification", "change"]
+#: Suffix of the second date's keys in a change model's input dict: ``{"rgb": t1, "rgb_t2": t2}``
+#: (the sample's ``pan`` / ``pan_t2`` convention; the SECOND reader's ``t1`` / ``t2`` dicts are flattened to it).
+SECOND_DATE = "_t2"
+#: Tasks whose targets are per-pixel class ids (loss, checks and metrics of segmentation).
+DENSE_CLASS_TASKS = ("segmentation", "change")
 ROLES = ("train", "val", "test")
 
 
@@ -49,6 +60,7 @@ class DataConfig:
     role_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     dsm_source: Literal["dsm", "ndsm"] = "ndsm"
     train_fraction: float = 1.0  # kind sample: a seeded fraction of the train tiles
+    resize: int | None = None  # classification: inputs resized (bilinear, antialiased) to this side first (paper: 224)
     crop: int | None = None  # random training crop side (None: whole samples)
     flip: bool = True  # random horizontal/vertical flips and 90° rotations in training
     eval_window: int | None = None  # sliding-window side at evaluation (None: whole samples in one pass)
@@ -72,6 +84,8 @@ class DataConfig:
             raise ConfigError(f"data.role_args: unknown role(s) {bad_roles}; choose from {list(ROLES)}")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ConfigError(f"data.train_fraction: must be in (0, 1], got {self.train_fraction}")
+        if self.resize is not None and self.resize < 1:
+            raise ConfigError(f"data.resize: must be >= 1 or null, got {self.resize}")
         if self.crop is not None and self.crop < 1:
             raise ConfigError(f"data.crop: must be >= 1 or null, got {self.crop}")
         if self.eval_window is not None and self.eval_window < 1:
@@ -109,21 +123,35 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """One fine-tuning run: a backbone from an initialisation, a head, one dataset, one seed."""
+    """One downstream run: a backbone from an initialisation, a head, one dataset, one seed.
+
+    ``mode``: ``finetune`` trains everything; ``linear`` freezes the encoder (dense tasks:
+    the pyramid neck and the head train; classification: MAE's linear probe on cached frozen
+    features, BatchNorm without affine parameters then a linear layer); ``knn``
+    (classification): a weighted k-nearest-neighbour vote on frozen features, no training.
+    """
 
     task: Task = "segmentation"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    mode: Literal["finetune", "linear"] = "finetune"  # linear: the backbone is frozen
-    num_classes: int | None = None  # segmentation: None = the dataset's class count (given: must agree)
+    mode: Literal["finetune", "linear", "knn"] = "finetune"
+    num_classes: int | None = None  # classes: None = the dataset's class count (given: must agree)
     head_channels: int = 64
-    aux_weight: float = 0.4  # segmentation: weight of the auxiliary FCN head's loss (0: no aux head)
+    aux_weight: float = 0.4  # segmentation / change: weight of the auxiliary FCN head's loss (0: no aux head)
     height_loss: Literal["l1", "mse", "smooth_l1"] = "mse"  # mse: the loss the reported RMSE measures (L1 pulls toward the median: ground, 0 m)
     height_scale_m: float = 25.5  # metres at 255 in the normalised 8-bit height unit
+    pool: Literal["cls", "mean"] = "cls"  # classification: the cls token, or the mean of the patch tokens (final norm applied)
+    label_smoothing: float = 0.0  # classification fine-tuning
+    mixup: float = 0.0  # classification fine-tuning: mixup alpha (0: off; timm.data.Mixup)
+    cutmix: float = 0.0  # classification fine-tuning: cutmix alpha (0: off; both > 0: one of the two per batch)
+    knn_k: int = 20  # knn: neighbours voting (cosine similarity, DINO's weighted vote)
+    knn_temperature: float = 0.07  # knn: vote weight exp(similarity / T)
+    change_fusion: Literal["absdiff", "concat"] = "absdiff"  # change: per-level |f1 - f2| (date-symmetric) or [f1, f2] + 1x1 conv
     steps: int = 100
     batch_size: int = 8  # per process
     eval_every: int = 50  # steps between validations (model selection); the last step always validates
-    select_metric: str = ""  # "" = miou (segmentation, higher better) / rmse_m (height, lower better)
+    select_metric: str = ""  # "" = the task's default (SELECT_METRICS: the first entry)
+    select_best: bool = True  # False: the last weights are tested (validation is still logged): protocols without a val split
     seed: int = 0
     out_dir: str = "scratch/finetune"
     resume: bool = False
@@ -137,7 +165,8 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "keep_checkpoints", "log_every", "eval_batch_size", "head_channels"):
+        for name in ("steps", "batch_size", "eval_every", "keep_checkpoints", "log_every", "eval_batch_size", "head_channels",
+                     "knn_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("checkpoint_every", "num_workers"):
@@ -147,27 +176,45 @@ class FinetuneConfig:
             raise ConfigError(f"num_classes: must be >= 2 or null, got {self.num_classes}")
         if self.aux_weight < 0 or self.height_scale_m <= 0:
             raise ConfigError("aux_weight: must be >= 0; height_scale_m: > 0")
-        if self.task == "height" and self.data.kind == "sample":
-            from mssdf.data.tasks import TASKS
-
-            if "height" not in TASKS[self.data.task].targets:
-                raise ConfigError(f"data.task: {self.data.task!r} has no height target (task is 'height')")
-        if self.task == "segmentation" and self.data.kind == "sample":
-            from mssdf.data.tasks import TASKS
-
-            spec = TASKS[self.data.task]
-            if "label" not in spec.targets or spec.tile_class:
-                raise ConfigError(f"data.task: {self.data.task!r} has no per-pixel label (task is 'segmentation')")
-            if self.num_classes is not None and self.num_classes != len(spec.classes):
-                raise ConfigError(f"num_classes: {self.num_classes} disagrees with the {len(spec.classes)} classes "
-                                  f"of {self.data.task!r} {list(spec.classes)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.mixup < 0 or self.cutmix < 0 or self.knn_temperature <= 0:
+            raise ConfigError("mixup, cutmix: alphas must be >= 0; knn_temperature: > 0")
+        if (self.mixup or self.cutmix) and self.batch_size % 2:
+            raise ConfigError(f"batch_size: mixup/cutmix pair the images of a batch, it must be even (got {self.batch_size})")
+        if self.task != "classification":
+            if self.mode == "knn":
+                raise ConfigError(f"mode: 'knn' is a classification protocol (task is {self.task!r})")
+            if self.mixup or self.cutmix or self.label_smoothing:
+                raise ConfigError(f"mixup, cutmix, label_smoothing: classification options (task is {self.task!r})")
+            if self.data.resize is not None:
+                raise ConfigError(f"data.resize: classification only (task {self.task!r} resizes no targets)")
+        if self.data.kind == "sample":
+            self._check_sample_task()
         if self.select_metric and self.select_metric not in SELECT_METRICS[self.task]:
             raise ConfigError(f"select_metric: {self.select_metric!r}; choose from {sorted(SELECT_METRICS[self.task])}")
+
+    def _check_sample_task(self) -> None:
+        from mssdf.data.tasks import TASKS
+
+        name, spec = self.data.task, TASKS[self.data.task]
+        if self.task == "height" and "height" not in spec.targets:
+            raise ConfigError(f"data.task: {name!r} has no height target (task is 'height')")
+        if self.task == "segmentation" and ("label" not in spec.targets or spec.tile_class or "pan_t2" in spec.inputs):
+            raise ConfigError(f"data.task: {name!r} has no per-pixel class label (task is 'segmentation')")
+        if self.task == "classification" and not spec.tile_class:
+            raise ConfigError(f"data.task: {name!r} has no tile class (task is 'classification'; e.g. 'scene')")
+        if self.task == "change" and not any(f"{m}_t2" in spec.inputs for m in spec.inputs):
+            raise ConfigError(f"data.task: {name!r} has no second date (task is 'change'; e.g. 'change')")
+        if self.task in ("segmentation", "classification", "change") and self.num_classes is not None \
+                and self.num_classes != len(spec.classes):
+            raise ConfigError(f"num_classes: {self.num_classes} disagrees with the {len(spec.classes)} classes "
+                              f"of {name!r} {list(spec.classes)}")
 
     @property
     def selection(self) -> tuple[str, bool]:
         """``(validation metric, higher is better)`` that picks the weights evaluated on test."""
-        name = self.select_metric or ("miou" if self.task == "segmentation" else "rmse_m")
+        name = self.select_metric or next(iter(SELECT_METRICS[self.task]))
         return name, SELECT_METRICS[self.task][name]
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +225,8 @@ class FinetuneConfig:
 SELECT_METRICS: dict[str, dict[str, bool]] = {
     "segmentation": {"miou": True, "f1": True, "overall_accuracy": True},
     "height": {"rmse_m": False, "mae_m": False, "rmse_norm": False},
+    "classification": {"overall_accuracy": True, "f1": True},
+    "change": {"change_iou": True, "change_f1": True, "miou": True, "overall_accuracy": True},
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -197,6 +246,39 @@ PROFILES: dict[str, dict[str, Any]] = {
         "keep_checkpoints": 2, "head_channels": 512, "precision": "auto",
     },
 }
+
+
+#: Per-task overrides of a profile (merged after ``PROFILES[profile]``, before the run's own keys).
+TASK_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "classification": {"batch_size": 16, "optim": {"lr": 1e-3, "layer_decay": 0.75, "warmup_steps": 5}},
+    },
+    # MAE's fine-tuning recipe (the authors' classification configs cannot be run: method.md)
+    # at 224 px and batch 64: lr = 5e-4 · 64 / 256, layer decay 0.65, weight decay 0.05,
+    # drop path 0.1, mixup 0.8 / cutmix 1.0 / label smoothing 0.1, warm-up 5 epochs then
+    # cosine; the step counts (100 epochs) are the presets'. No validation split in these
+    # protocols: the last weights are tested (validation on the test images is logged only).
+    "paper": {
+        "classification": {
+            "backbone": {"arch": {"preset": "base", "img_size": 224, "patch_size": 16}, "drop_path": 0.1},
+            "data": {"crop": None, "eval_window": None, "resize": 224},
+            "optim": {"lr": 1.25e-4, "layer_decay": 0.65, "weight_decay": 0.05, "warmup_steps": 160,
+                      "schedule": "cosine", "min_lr": 1e-6},
+            "batch_size": 64, "eval_batch_size": 64, "label_smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0,
+            "select_best": False, "head_channels": 64,
+        },
+    },
+}
+
+
+def _scene_preset(reader: str, ratio: float, train_images: int) -> dict[str, Any]:
+    """AID / NWPU-RESISC45 at one training ratio: seeded stratified split, 100 epochs at batch 64."""
+    steps = 100 * max(1, round(train_images / 64))
+    return {"task": "classification", "backbone": {"modalities": ["rgb"]}, "steps": steps, "eval_every": max(1, steps // 10),
+            "optim": {"warmup_steps": 5 * max(1, round(train_images / 64))},
+            "data": {"kind": "reader", "reader": reader, "root": f"data/paper/{reader}",
+                     "splits": {"train": "train", "val": "test", "test": "test"},
+                     "reader_args": {"train_ratio": ratio, "seed": 0}}}
 
 
 def _paper_datasets() -> dict[str, dict[str, Any]]:
@@ -226,6 +308,17 @@ def _paper_datasets() -> dict[str, dict[str, Any]]:
             "kind": "reader", "reader": "us3d", "root": "data/paper/us3d",
             "splits": {"train": "train", "val": "val", "test": "test"},
             "reader_args": {"modalities": ["rgb"], "targets": ["height"]}}},
+        # scene classification: 20 % / 50 % of AID's 10,000 images, 10 % / 20 % of NWPU's 31,500 for training
+        "aid_20": _scene_preset("aid", 0.2, 2000),
+        "aid_50": _scene_preset("aid", 0.5, 5000),
+        "nwpu_10": _scene_preset("nwpu_resisc45", 0.1, 3150),
+        "nwpu_20": _scene_preset("nwpu_resisc45", 0.2, 6300),
+        # SECOND, binary change = label != unchanged; seeded 4:1 split of the public pairs (the paper's split is not
+        # published), 10 % of the train pairs held out for selection (same seed); whole 512 px pairs
+        "second": {"task": "change", "backbone": {"modalities": ["rgb"]}, "data": {
+            "kind": "reader", "reader": "second", "root": "data/paper/second",
+            "splits": {"train": "train", "val": "val", "test": "test"},
+            "reader_args": {"seed": 0, "test_fraction": 0.2, "val_fraction": 0.1}}},
     }
 
 
@@ -247,7 +340,8 @@ def build_finetune_config(data: Mapping[str, Any] | None = None, path: str = "")
         if profile not in PROFILES:
             raise ConfigError(f"{prefix}profile: unknown profile {profile!r}; choose from {sorted(PROFILES)}")
         merged = deep_merge(merged, PROFILES[profile])
+        merged = deep_merge(merged, TASK_PROFILES.get(profile, {}).get(str(data.get("task", "segmentation")), {}))
     return from_dict(FinetuneConfig, deep_merge(merged, data), path)
 
 
-__all__ = ["DataConfig", "OptimConfig", "FinetuneConfig", "PROFILES", "PAPER_DATASETS", "SELECT_METRICS", "ROLES", "build_finetune_config"]
+__all__ = ["DataConfig", "OptimConfig", "FinetuneConfig", "PROFILES", "TASK_PROFILES", "DENSE_CLASS_TASKS", "SECOND_DATE", "PAPER_DATASETS", "SELECT_METRICS", "ROLES", "build_finetune_config"]

@@ -1,13 +1,20 @@
-"""Fine-tuning data: the train / val / test samples of one task, standardised, augmented, checked.
+"""Downstream data: the train / val / test samples of one task, standardised, augmented, checked.
 
 :func:`build_task_data` reads a prepared task of the sample (``data.kind: sample``) or a
 paper dataset through its reader (``data.kind: reader``) and returns :class:`TaskData`:
 three datasets of ``{"images": {m: (C_m, H, W)}, "target": ...}`` items, the class names
 and the statistics the inputs are standardised with.
 
-* Targets: segmentation ``(H, W)`` int64 class ids, 255 = ignore
-  (:data:`mssdf.data.io.IGNORE_INDEX`); height ``(H, W)`` float32 metres, NaN = no data
-  (excluded from loss and metrics, as the readers and the sample mark it).
+* Targets: segmentation and change ``(H, W)`` int64 class ids, 255 = ignore
+  (:data:`mssdf.data.io.IGNORE_INDEX`; change: 0 unchanged, 1 changed); classification an
+  int64 scalar; height ``(H, W)`` float32 metres, NaN = no data (excluded from loss and
+  metrics, as the readers and the sample mark it).
+* Change inputs hold both dates under the keys ``m`` and ``m_t2`` (the sample's
+  ``pan`` / ``pan_t2``; the SECOND reader's ``t1`` / ``t2`` dicts are flattened to them),
+  both standardised with the modality's statistics (one normalisation for both dates: a
+  per-date normalisation would remove the radiometric differences the task must ignore
+  by construction, and treat the dates differently).
+* ``data.resize`` (classification) resizes every input first (bilinear, antialiased).
 * Inputs are standardised per band with *train* statistics: the sample's ``stats.json``
   (each source its own, as in pre-training) or, for a reader, estimated from
   ``data.stats_samples`` evenly spaced train samples — unless the backbone's encoder holds
@@ -29,12 +36,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from mssdf.config import ConfigError
 from mssdf.data.io import IGNORE_INDEX, DataError
-from mssdf.downstream.config import ROLES, FinetuneConfig
+from mssdf.downstream.config import ROLES, SECOND_DATE, FinetuneConfig
 from mssdf.paths import resolve
 
 Stats = dict[str, tuple[Tensor, Tensor]]  # modality -> (mean (C,), std (C,))
@@ -47,7 +55,7 @@ class TaskData:
     train: Dataset
     val: Dataset
     test: Dataset
-    classes: tuple[str, ...]  # segmentation class names (empty for height)
+    classes: tuple[str, ...]  # class names (empty for height)
     stats: Stats  # the standardisation applied to each modality (empty: raw values)
     description: str  # where the samples come from, and the label kind (SYNTHETIC/DERIVED flagged)
     label_kind: str  # real / synthetic / derived
@@ -62,9 +70,11 @@ class TaskDataset(Dataset):
 
     Args:
         base: a dataset of sample dicts (modality keys, ``label`` or ``height``).
-        modalities: the input keys to return.
+        modalities: the input keys to return (change: ``m`` and ``m_t2`` per modality).
         target: ``label`` or ``height``.
-        stats: ``{m: (mean, std)}`` per band; modalities absent are returned raw.
+        stats: ``{m: (mean, std)}`` per band; modalities absent are returned raw (``m_t2``
+            uses the statistics of ``m``).
+        resize: side every input is resized to first (classification) — None: as is.
         crop: random crop side (train) — None: whole samples.
         flip: random flips and 90° rotations (train).
         seed: seed of the augmentation.
@@ -73,13 +83,20 @@ class TaskDataset(Dataset):
     """
 
     def __init__(self, base: Dataset, modalities: Sequence[str], target: str, stats: Stats, *, crop: int | None = None,
-                 flip: bool = False, seed: int = 0, train: bool = False, indices: Sequence[int] | None = None) -> None:
+                 flip: bool = False, seed: int = 0, train: bool = False, indices: Sequence[int] | None = None,
+                 resize: int | None = None) -> None:
         self.base, self.modalities, self.target = base, tuple(modalities), target
         self.stats, self.crop, self.flip, self.seed, self.train = stats, crop, flip, seed, train
+        self.resize = resize
         self.indices = list(range(len(base))) if indices is None else list(indices)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def plain(self) -> "TaskDataset":
+        """The same items without augmentation (keyed by index): what frozen-feature probes read."""
+        return TaskDataset(self.base, self.modalities, self.target, self.stats, seed=self.seed, indices=self.indices,
+                           resize=self.resize)
 
     def raw(self, index: int) -> dict[str, Any]:
         """The base sample behind item ``index`` (no standardisation, no augmentation)."""
@@ -90,10 +107,14 @@ class TaskDataset(Dataset):
         sample = self.raw(index)
         images = {}
         for m in self.modalities:
-            x = torch.as_tensor(sample[m], dtype=torch.float32)
-            if m in self.stats:
-                mean, std = self.stats[m]
+            x = torch.as_tensor(input_of(sample, m), dtype=torch.float32)
+            stats = self.stats.get(m, self.stats.get(m.removesuffix(SECOND_DATE)))
+            if stats is not None:
+                mean, std = stats
                 x = (x - mean[:, None, None]) / std[:, None, None]
+            if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
+                x = F.interpolate(x[None], size=(self.resize, self.resize), mode="bilinear", align_corners=False,
+                                  antialias=True)[0]
             images[m] = x
         target = torch.as_tensor(sample[self.target])
         target = target.long() if self.target == "label" else target.float()
@@ -103,21 +124,43 @@ class TaskDataset(Dataset):
 
     def _augment(self, images: dict[str, Tensor], target: Tensor, epoch: int, index: int) -> tuple[dict[str, Tensor], Tensor]:
         rng = np.random.default_rng([self.seed, int(epoch), int(index), 0xF17E])
-        h, w = target.shape[-2:]
+        dense = target.dim() >= 2  # a per-pixel target moves with the image; a class label does not
+        h, w = next(iter(images.values())).shape[-2:]
         if self.crop is not None and (self.crop < h or self.crop < w):
             c = self.crop
             if c > h or c > w:
                 raise DataError(f"data.crop: {c} is larger than a {h}x{w} sample")
             r0, c0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
             images = {m: x[..., r0 : r0 + c, c0 : c0 + c] for m, x in images.items()}
-            target = target[..., r0 : r0 + c, c0 : c0 + c]
+            target = target[..., r0 : r0 + c, c0 : c0 + c] if dense else target
         if self.flip:
             k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
             def op(x: Tensor) -> Tensor:
                 x = torch.rot90(x, k, dims=(-2, -1))
                 return torch.flip(x, dims=(-1,)) if flip else x
-            images, target = {m: op(x) for m, x in images.items()}, op(target)
+            images, target = {m: op(x) for m, x in images.items()}, (op(target) if dense else target)
         return {m: x.contiguous() for m, x in images.items()}, target.contiguous()
+
+
+def input_of(sample: Mapping[str, Any], key: str) -> Any:
+    """Input ``key`` of a sample dict: ``sample[key]``, or for a reader's date dicts
+    ``sample["t1"][m]`` (key ``m``) / ``sample["t2"][m]`` (key ``m_t2``).
+
+    Raises:
+        KeyError: naming the key and the sample's keys.
+    """
+    if key in sample:
+        return sample[key]
+    date, m = ("t2", key.removesuffix(SECOND_DATE)) if key.endswith(SECOND_DATE) else ("t1", key)
+    if isinstance(sample.get(date), Mapping) and m in sample[date]:
+        return sample[date][m]
+    raise KeyError(f"sample has no input {key!r} (keys: {sorted(k for k in sample if k != 'meta')})")
+
+
+def input_keys(cfg: FinetuneConfig) -> tuple[str, ...]:
+    """The input keys of a run: the backbone's modalities, and for change each one's second date."""
+    mods = tuple(cfg.backbone.modalities)
+    return mods + tuple(m + SECOND_DATE for m in mods) if cfg.task == "change" else mods
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,14 +177,16 @@ def build_task_data(cfg: FinetuneConfig, wants_normalized: Mapping[str, bool], r
         wants_normalized: per input modality, whether the backbone needs standardised inputs
             (:meth:`mssdf.downstream.backbone.ViTBackbone.wants_normalized`).
     """
-    target = "label" if cfg.task == "segmentation" else "height"
-    modalities = cfg.backbone.modalities
+    target = "height" if cfg.task == "height" else "label"
+    modalities = input_keys(cfg)
     if cfg.data.kind == "sample":
         bases, classes, stats, desc, kind = _sample_bases(cfg, root)
     else:
         bases, classes, stats, desc, kind = _reader_bases(cfg, root, target)
     stats = {m: s for m, s in stats.items() if wants_normalized.get(m, True)}
-    if cfg.task == "segmentation" and cfg.num_classes is not None and cfg.num_classes != len(classes):
+    if cfg.task == "change":
+        classes = ("unchanged", "changed")  # binary change whatever semantic classes the dataset has
+    if cfg.task != "height" and cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise ConfigError(f"num_classes: {cfg.num_classes} disagrees with the {len(classes)} classes of the dataset {list(classes)}")
     train_idx = list(range(len(bases["train"])))  # type: ignore[arg-type]
     if cfg.data.train_fraction < 1.0:
@@ -150,9 +195,9 @@ def build_task_data(cfg: FinetuneConfig, wants_normalized: Mapping[str, bool], r
         train_idx = sorted(torch.randperm(len(train_idx), generator=g)[:keep].tolist())
     data = TaskData(
         train=TaskDataset(bases["train"], modalities, target, stats, crop=cfg.data.crop, flip=cfg.data.flip, seed=cfg.seed,
-                          train=True, indices=train_idx),
-        val=TaskDataset(bases["val"], modalities, target, stats),
-        test=TaskDataset(bases["test"], modalities, target, stats),
+                          train=True, indices=train_idx, resize=cfg.data.resize),
+        val=TaskDataset(bases["val"], modalities, target, stats, resize=cfg.data.resize),
+        test=TaskDataset(bases["test"], modalities, target, stats, resize=cfg.data.resize),
         classes=tuple(classes), stats=stats, description=desc, label_kind=kind,
     )
     for role in ROLES:
@@ -170,10 +215,11 @@ def _sample_bases(cfg: FinetuneConfig, root: str | Path | None) -> tuple[dict, t
     if not (folder / "index.csv").is_file():
         raise DataError(f"data.root: {folder / 'index.csv'}: missing (run the preparation first: dvc repro prepare)")
     spec = TASKS[cfg.data.task]
-    missing = [m for m in cfg.backbone.modalities if m not in spec.inputs]
+    keys = input_keys(cfg)
+    missing = [m for m in keys if m not in spec.inputs]
     if missing:
         raise ConfigError(f"backbone.modalities: task {cfg.data.task!r} has no {missing} (inputs: {list(spec.inputs)})")
-    bases = {role: SampleTiles(folder, cfg.data.task, cfg.data.splits[role], modalities=cfg.backbone.modalities,
+    bases = {role: SampleTiles(folder, cfg.data.task, cfg.data.splits[role], modalities=keys,
                                dsm_source=cfg.data.dsm_source, fill_nodata=True) for role in ROLES}
     raw = load_stats(folder, cfg.data.task)
     stats = {}
@@ -194,21 +240,29 @@ def _reader_bases(cfg: FinetuneConfig, root: str | Path | None, target: str) -> 
         raise DataError(f"data.root: {folder}: no such folder (the {cfg.data.reader!r} dataset)")
     bases = {}
     for role in ROLES:
-        args = {"split": cfg.data.splits[role], **cfg.data.reader_args, **cfg.data.role_args.get(role, {})}
+        role_args = cfg.data.role_args.get(role, {})
+        args = {"split": cfg.data.splits[role], **cfg.data.reader_args, **role_args}
         split = args.pop("split")
-        bases[role] = get_dataset(cfg.data.reader, folder, split, **args)
+        try:
+            bases[role] = get_dataset(cfg.data.reader, folder, split, **args)
+        except ConfigError as err:  # name the params key that holds the bad reader argument
+            bad = [k for k in args if k in str(err)]
+            where = (f"data.role_args.{role}.{bad[0]}" if bad[0] in role_args else f"data.reader_args.{bad[0]}") if bad \
+                else f"data.reader_args / data.role_args.{role}"
+            raise ConfigError(f"{where}: {err}") from None
     train = bases["train"]
     if len(train) == 0:
         raise DataError(f"data.root: {folder}: the {cfg.data.reader!r} reader found no train samples")
-    classes = tuple(getattr(train, "CLASSES", ()) or ()) if target == "label" else ()
+    classes = (tuple(getattr(train, "classes", None) or getattr(train, "CLASSES", ()) or ())) if target == "label" else ()
     picks = torch.linspace(0, len(train) - 1, min(cfg.data.stats_samples, len(train))).round().long().unique()
     samples = [train[int(i)] for i in picks]
     stats = {}
     for m in cfg.backbone.modalities:
-        if m not in samples[0]:
+        try:
+            values = torch.cat([torch.as_tensor(input_of(s, m), dtype=torch.float32).flatten(1) for s in samples], dim=1)  # (C, n)
+        except KeyError:
             raise ConfigError(f"backbone.modalities: the {cfg.data.reader!r} reader gives no {m!r} "
-                              f"(keys: {sorted(k for k in samples[0] if k != 'meta')}); set data.reader_args.modalities")
-        values = torch.cat([torch.as_tensor(s[m], dtype=torch.float32).flatten(1) for s in samples], dim=1)  # (C, n)
+                              f"(keys: {sorted(k for k in samples[0] if k != 'meta')}); set data.reader_args.modalities") from None
         finite = torch.isfinite(values)
         count = finite.sum(1).clamp_min(1)
         mean = torch.where(finite, values, 0).sum(1) / count
@@ -221,7 +275,9 @@ def _reader_bases(cfg: FinetuneConfig, root: str | Path | None, target: str) -> 
 # ----------------------------------------------------------------------------- checks
 def check_targets(data: TaskData, task: str, num_classes: int, limit: int | None = None) -> None:
     """Refuse bad samples before training: labels outside ``[0, K)`` that are not the ignore
-    label, heights that are infinite or all no-data, non-finite inputs.
+    label (change: anything but 0 / 1 / ignore), heights that are infinite or all no-data,
+    non-finite inputs, the two dates of a change pair of different sizes; classification:
+    a class without any training sample.
 
     Args:
         limit: check at most this many samples per role (None: all — the sample's tiles;
@@ -229,6 +285,7 @@ def check_targets(data: TaskData, task: str, num_classes: int, limit: int | None
     Raises:
         DataError: naming the role, the sample (its ``meta`` tile/file where known) and the values.
     """
+    train_classes: set[int] = set()
     for role in ROLES:
         ds: TaskDataset = getattr(data, role)
         n = len(ds) if limit is None else min(limit, len(ds))
@@ -236,16 +293,27 @@ def check_targets(data: TaskData, task: str, num_classes: int, limit: int | None
             sample = ds.raw(i)
             where = _where(sample, role, i)
             for m in ds.modalities:
-                x = torch.as_tensor(sample[m])
+                x = torch.as_tensor(input_of(sample, m))
                 if not torch.isfinite(x).all():
                     raise DataError(f"{where}: input {m!r} has {int((~torch.isfinite(x)).sum())} non-finite values")
-            check_target(torch.as_tensor(sample[ds.target]), task, num_classes, where)
+                if m.endswith(SECOND_DATE):
+                    first = torch.as_tensor(input_of(sample, m.removesuffix(SECOND_DATE)))
+                    if first.shape != x.shape:
+                        raise DataError(f"{where}: the two dates differ in size: {m.removesuffix(SECOND_DATE)!r} "
+                                        f"{tuple(first.shape)} vs {m!r} {tuple(x.shape)}")
+            target = torch.as_tensor(sample[ds.target])
+            check_target(target, task, num_classes, where)
+            if role == "train" and task == "classification":
+                train_classes.add(int(target))
+    if task == "classification" and limit is None and len(train_classes) < num_classes:
+        absent = [data.classes[k] if k < len(data.classes) else str(k) for k in range(num_classes) if k not in train_classes]
+        raise DataError(f"data.splits.train: no training sample of class(es) {absent} ({data.description})")
 
 
 def check_target(target: Tensor, task: str, num_classes: int, where: str, allow_empty: bool = False) -> None:
     """One target (or a batch of them): see :func:`check_targets`. ``allow_empty``: a height
     target without any data passes (a training crop of a sample with large no-data areas)."""
-    if task == "segmentation":
+    if task != "height":
         bad = target[(target != IGNORE_INDEX) & ((target < 0) | (target >= num_classes))]
         if bad.numel():
             raise DataError(f"{where}: labels {sorted(set(bad.unique().tolist()))} outside the {num_classes} classes "
@@ -268,4 +336,4 @@ def _where(sample: Mapping[str, Any], role: str, index: int) -> str:
     return f"{role} sample {index}" + (f" ({name})" if name else "")
 
 
-__all__ = ["TaskData", "TaskDataset", "collate", "build_task_data", "check_targets", "check_target"]
+__all__ = ["TaskData", "TaskDataset", "collate", "input_of", "input_keys", "build_task_data", "check_targets", "check_target"]

@@ -1,5 +1,10 @@
 """Fine-tuning (:func:`finetune`): one engine for every downstream task, on :mod:`mssdf.engine`.
 
+Tasks: semantic segmentation, height estimation, change detection (a siamese backbone,
+:class:`~mssdf.downstream.heads.ChangeModel`) and scene classification (fine-tuning here;
+the frozen-feature protocols ``knn`` and ``linear`` run in
+:func:`mssdf.downstream.classification.probe_run`, which :func:`finetune` hands them to).
+
 A run (:class:`~mssdf.downstream.config.FinetuneConfig`): a backbone from its
 initialisation (:func:`mssdf.downstream.backbone.build_backbone`), the task's head
 (:mod:`mssdf.downstream.heads`), the task's data (:mod:`mssdf.downstream.data`), then
@@ -13,8 +18,10 @@ initialisation (:func:`mssdf.downstream.backbone.build_backbone`), the task's he
    :func:`mssdf.engine.loop.run_loop`;
 3. every ``eval_every`` steps (and at the end) the validation split is evaluated; the
    weights with the best validation ``selection`` metric are kept in ``<out_dir>/best``;
-4. at the end the best weights are evaluated on the test split; ``<out_dir>/metrics.json``
-   holds ``val`` (at the selected step), ``test``, ``best_step`` and the run's description.
+4. at the end the best weights (``select_best: false``: the last ones) are evaluated on the
+   test split; ``<out_dir>/metrics.json`` holds ``val`` (at the selected step), ``test``,
+   ``best_step`` and the run's description; classification also writes the test
+   predictions (``predictions.json``).
 
 Under DDP on GPUs the decoders' BatchNorm layers become SyncBatchNorm (statistics over the
 global batch, as mmseg's recipe); on CPU (gloo) each process normalises its own share, so a
@@ -43,11 +50,13 @@ from torch.utils.data import DataLoader
 from mssdf.atomic import atomic_write, atomic_write_text
 from mssdf.data.io import IGNORE_INDEX
 from mssdf.downstream.backbone import build_backbone, describe_init
-from mssdf.downstream.config import FinetuneConfig
+from mssdf.downstream.classification import build_mixer, mix_batch, soft_cross_entropy
+from mssdf.downstream.config import DENSE_CLASS_TASKS, FinetuneConfig
 from mssdf.downstream.data import TaskData, build_task_data, check_target, check_targets, collate
-from mssdf.downstream.heads import build_height_model, build_segmentation_model
+from mssdf.downstream.heads import (build_change_model, build_classification_model, build_height_model,
+                                    build_segmentation_model)
 from mssdf.downstream.inference import sliding_window
-from mssdf.downstream.metrics import HeightMetrics, SegmentationMetrics
+from mssdf.downstream.metrics import ChangeMetrics, ClassificationMetrics, HeightMetrics, SegmentationMetrics
 from mssdf.engine.distributed import DistEnv, cleanup, init_distributed, seed_everything, wrap_ddp
 from mssdf.engine.loop import LoopSpec, StepOutput, TrainState, amp_dtype, autocast, optimizer_step, resume, run_loop
 from mssdf.engine.optim import build_scaled_scheduler, layer_decay_groups
@@ -83,9 +92,13 @@ class FinetuneRun:
 
 def build_model(cfg: FinetuneConfig, num_classes: int, root: str | Path | None = None) -> nn.Module:
     """Backbone (from ``cfg.backbone.init``) + the task's head; ``linear`` mode freezes the encoder."""
-    backbone = build_backbone(cfg.backbone, root)
+    backbone = build_backbone(cfg.backbone, root, neck=cfg.task != "classification")
     if cfg.task == "segmentation":
         model = build_segmentation_model(backbone, num_classes, aux=cfg.aux_weight > 0, channels=cfg.head_channels)
+    elif cfg.task == "change":
+        model = build_change_model(backbone, fusion=cfg.change_fusion, aux=cfg.aux_weight > 0, channels=cfg.head_channels)
+    elif cfg.task == "classification":
+        model = build_classification_model(backbone, num_classes, pool=cfg.pool, probe=cfg.mode == "linear")
     else:
         model = build_height_model(backbone, channels=cfg.head_channels)
     if cfg.mode == "linear":
@@ -101,8 +114,8 @@ def setup(cfg: FinetuneConfig, env: DistEnv, root: str | Path | None = None) -> 
     probe = build_backbone(cfg.backbone, root)  # reads the init once, for its statistics and adapters
     wants = {m: probe.wants_normalized(m) for m in cfg.backbone.modalities}
     data = build_task_data(cfg, wants, root)
-    num_classes = len(data.classes) if cfg.task == "segmentation" else 1
-    if cfg.task == "segmentation" and num_classes < 2:
+    num_classes = len(data.classes) if cfg.task != "height" else 1
+    if cfg.task != "height" and num_classes < 2:
         raise ValueError(f"{data.description}: fewer than two classes {list(data.classes)}")
     check_targets(data, cfg.task, num_classes, limit=None if cfg.data.kind == "sample" else 4)
     torch.manual_seed(cfg.seed)
@@ -127,7 +140,7 @@ def setup(cfg: FinetuneConfig, env: DistEnv, root: str | Path | None = None) -> 
     if cfg.resume:
         resumed_from = resume(state, out_dir, env, cfg.seed, config=cfg.to_dict(), may_change=RESUMABLE_CHANGES,
                               global_batch=global_batch)
-    net = wrap_ddp(model, env, find_unused_parameters=cfg.mode == "linear" or cfg.aux_weight == 0)
+    net = wrap_ddp(model, env, find_unused_parameters=cfg.mode == "linear" or (cfg.aux_weight == 0 and cfg.task in DENSE_CLASS_TASKS))
     loader = make_loader(data.train, sampler, collate, cfg.num_workers, env.device.type == "cuda", cfg.seed)
     spec = LoopSpec(end_step=cfg.steps, steps_per_epoch=sampler.batches_per_epoch, global_batch=global_batch,
                     log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
@@ -151,16 +164,24 @@ def _layer_id(model: nn.Module) -> Callable[[str], int]:
 
 # ----------------------------------------------------------------------------- the step
 def task_loss(out: dict[str, torch.Tensor], target: torch.Tensor, cfg: FinetuneConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Segmentation: cross-entropy (ignore label excluded) + ``aux_weight`` × the auxiliary
-    head's; height: L1 / MSE / smooth-L1 over pixels with a finite target (metres).
+    """Segmentation and change: cross-entropy (ignore label excluded) + ``aux_weight`` × the
+    auxiliary head's; classification: cross-entropy with ``label_smoothing`` (soft targets
+    from mixup/cutmix: their cross-entropy); height: L1 / MSE / smooth-L1 over pixels with a
+    finite target (metres).
 
     Args:
-        out: ``{"out": (B, K, H, W) logits | (B, 1, H, W) heights, "aux": (B, K, H, W)}``.
-        target: ``(B, H, W)`` int64 labels | float32 heights (NaN = no data).
+        out: ``{"out": (B, K, H, W) logits | (B, K) logits | (B, 1, H, W) heights, "aux": (B, K, H, W)}``.
+        target: ``(B, H, W)`` int64 labels | ``(B,)`` int64 classes or ``(B, K)`` soft targets |
+            float32 heights (NaN = no data).
     Returns:
         ``(loss, {term: value})``.
     """
-    if cfg.task == "segmentation":
+    if cfg.task == "classification":
+        logits = out["out"].float()
+        loss = soft_cross_entropy(logits, target) if target.is_floating_point() else \
+            F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+        return loss, {"ce": loss.detach()}
+    if cfg.task in DENSE_CLASS_TASKS:
         main = F.cross_entropy(out["out"].float(), target, ignore_index=IGNORE_INDEX)
         terms = {"ce": main.detach()}
         loss = main
@@ -183,11 +204,14 @@ def finetune_step(run: FinetuneRun) -> Callable[[dict[str, Any], int], StepOutpu
     cfg, env = run.cfg, run.env
     context = autocast(run.dtype, env.device)
     params = [p for p in run.model.parameters() if p.requires_grad]
+    mixer = build_mixer(cfg, run.num_classes) if cfg.task == "classification" else None
 
     def step_fn(batch: dict[str, Any], step: int) -> StepOutput:
         images = {m: x.to(env.device, non_blocking=True) for m, x in batch["images"].items()}
         target = batch["target"].to(env.device, non_blocking=True)
         check_target(target, cfg.task, run.num_classes, f"train batch of step {step}", allow_empty=True)  # crops may miss all data
+        if mixer is not None:
+            images, target = mix_batch(mixer, images, target)
         with context():
             out = run.net(images)
         loss, terms = task_loss(out, target, cfg)
@@ -205,7 +229,7 @@ def finetune_step(run: FinetuneRun) -> Callable[[dict[str, Any], int], StepOutpu
 def predict(model: nn.Module, images: dict[str, torch.Tensor], cfg: FinetuneConfig, num_outputs: int,
             dtype: torch.dtype | None = None) -> torch.Tensor:
     """``{m: (B, C_m, H, W)}`` → ``(B, num_outputs, H, W)`` logits or heights (float32), in one
-    pass or by sliding windows (``data.eval_window``)."""
+    pass or by sliding windows (``data.eval_window``); classification: ``(B, K)`` logits."""
     device = next(model.parameters()).device
     context = autocast(dtype, device)
 
@@ -215,7 +239,7 @@ def predict(model: nn.Module, images: dict[str, torch.Tensor], cfg: FinetuneConf
 
     window = cfg.data.eval_window
     h, w = next(iter(images.values())).shape[-2:]
-    if window is None or (h <= window and w <= window and h == w == window):
+    if cfg.task == "classification" or window is None or (h <= window and w <= window and h == w == window):
         return forward(images).cpu()
     overlap = int(round(cfg.data.eval_overlap * window))
     return sliding_window(forward, images, window, overlap, num_outputs, batch_size=cfg.eval_batch_size,
@@ -229,30 +253,54 @@ def evaluate(model: nn.Module, dataset: Any, cfg: FinetuneConfig, num_classes: i
 
     Returns:
         segmentation: ``miou``, ``per_class_iou``, ``f1``, ``per_class_f1``,
-        ``overall_accuracy``, ``confusion``; height: ``rmse_m``, ``mae_m``, ``rmse_norm``,
+        ``overall_accuracy``, ``confusion``; change: the same plus ``change_iou``,
+        ``change_f1``, ``change_precision``, ``change_recall``; classification:
+        ``overall_accuracy``, ``f1`` (macro), ``per_class_accuracy``, ``mean_class_accuracy``,
+        ``per_class_f1``, ``confusion``; height: ``rmse_m``, ``mae_m``, ``rmse_norm``,
         ``mae_norm`` and their ``_no_ground`` variants (see :mod:`mssdf.downstream.metrics`).
     """
     was_training = model.training
     model.eval()
     rank, world = (env.rank, env.world_size) if env is not None else (0, 1)
-    if cfg.task == "segmentation":
-        metric: Any = SegmentationMetrics(num_classes, class_names=class_names or None)
-    else:
-        metric = HeightMetrics(scale_m=cfg.height_scale_m)
+    metric = task_metric(cfg, num_classes, class_names)
     device = env.device if env is not None else torch.device("cpu")
     metric = metric.to(device)  # states on the process group's device (NCCL all-reduces CUDA tensors only)
     indices = list(range(rank, len(dataset), world))
-    same_size = cfg.data.eval_window is None
+    same_size = cfg.data.eval_window is None or cfg.task == "classification"
     step = cfg.eval_batch_size if same_size else 1
     for start in range(0, len(indices), step):
         items = [dataset[i] for i in indices[start : start + step]]
         batch = collate(items)
-        out = predict(model, batch["images"], cfg, num_classes if cfg.task == "segmentation" else 1, dtype)
+        out = predict(model, batch["images"], cfg, num_classes if cfg.task != "height" else 1, dtype)
         target = batch["target"].to(device)
-        metric.update(out.to(device) if cfg.task == "segmentation" else out[:, 0].to(device), target)
+        metric.update(out.to(device) if cfg.task != "height" else out[:, 0].to(device), target)
     result = metric.compute()
     model.train(was_training)
     return result
+
+
+def task_metric(cfg: FinetuneConfig, num_classes: int, class_names: tuple[str, ...] = ()) -> Any:
+    """The torchmetrics metric of ``cfg.task`` (:mod:`mssdf.downstream.metrics`)."""
+    if cfg.task == "segmentation":
+        return SegmentationMetrics(num_classes, class_names=class_names or None)
+    if cfg.task == "change":
+        return ChangeMetrics()
+    if cfg.task == "classification":
+        return ClassificationMetrics(num_classes, class_names=class_names or None)
+    return HeightMetrics(scale_m=cfg.height_scale_m)
+
+
+@torch.no_grad()
+def predict_classes(model: nn.Module, dataset: Any, cfg: FinetuneConfig, dtype: torch.dtype | None = None) -> list[int]:
+    """Predicted class of every item of a classification split, in order."""
+    was_training = model.training
+    model.eval()
+    out: list[int] = []
+    for start in range(0, len(dataset), cfg.eval_batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + cfg.eval_batch_size, len(dataset)))])
+        out += predict(model, batch["images"], cfg, 0, dtype).argmax(1).tolist()
+    model.train(was_training)
+    return out
 
 
 def _score(metrics: dict[str, Any], name: str) -> float:
@@ -277,6 +325,10 @@ class FinetuneResult:
 def finetune(cfg: FinetuneConfig, *, live: bool = False, progress: bool = False, log: Callable[[str], Any] | None = None,
              root: str | Path | None = None) -> FinetuneResult:
     """Run (or resume) one fine-tuning run; see the module docstring."""
+    if cfg.task == "classification" and cfg.mode in ("knn", "linear"):  # frozen features: no training loop
+        from mssdf.downstream.classification import probe_run
+
+        return probe_run(cfg, root, log)
     env = init_distributed(cfg.device)
     try:
         run = setup(cfg, env, root)
@@ -301,7 +353,8 @@ def _loop(run: FinetuneRun, live: bool, progress: bool, log: Callable[[str], Any
         val = evaluate(run.model, run.data.val, cfg, run.num_classes, env, run.dtype, run.data.classes)
         score = _score(val, metric)
         best = run.best.get("score")
-        better = best is None or (math.isfinite(score) and (not math.isfinite(best) or (score > best if higher else score < best)))
+        better = best is None or not cfg.select_best or (
+            math.isfinite(score) and (not math.isfinite(best) or (score > best if higher else score < best)))
         if better:
             run.best = {"step": step, "score": score, "val": _plain(val)}
             if env.is_main:
@@ -330,6 +383,10 @@ def _loop(run: FinetuneRun, live: bool, progress: bool, log: Callable[[str], Any
                        "best_step": result.best_step, "steps": state.step, "val": result.val, "test": result.test}
             atomic_write_text(run.out_dir / "metrics.json", json.dumps(summary, indent=1) + "\n")
             atomic_write_text(run.out_dir / "history.json", json.dumps(state.history, indent=1) + "\n")
+            if cfg.task == "classification":
+                atomic_write_text(run.out_dir / "predictions.json", json.dumps(
+                    {"test": predict_classes(run.model, run.data.test, cfg, run.dtype),
+                     "truth": [int(run.data.test.raw(i)[run.data.test.target]) for i in range(len(run.data.test))]}) + "\n")
             sink.say(f"{cfg.task}: best {metric} on val {run.best.get('score', float('nan')):.4f} at step "
                      f"{result.best_step}; test {metric} {_score(test, metric):.4f}")
     finally:
@@ -348,7 +405,7 @@ def load_finished_run(cfg: FinetuneConfig, root: str | Path | None = None) -> tu
     torch.manual_seed(cfg.seed)
     probe = build_backbone(cfg.backbone, root)
     data = build_task_data(cfg, {m: probe.wants_normalized(m) for m in cfg.backbone.modalities}, root)
-    num_classes = len(data.classes) if cfg.task == "segmentation" else 1
+    num_classes = len(data.classes) if cfg.task != "height" else 1
     model = build_model(cfg, num_classes, root)
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), data, num_classes
@@ -375,5 +432,6 @@ def _save_best(model: nn.Module, folder: Path, best: dict[str, Any]) -> None:
     atomic_write_text(folder / "best.json", json.dumps(best, indent=1) + "\n")
 
 
-__all__ = ["FinetuneRun", "FinetuneResult", "build_model", "load_finished_run", "setup", "task_loss", "finetune_step", "predict", "evaluate",
+__all__ = ["FinetuneRun", "FinetuneResult", "build_model", "load_finished_run", "setup", "task_loss", "finetune_step", "predict",
+           "predict_classes", "task_metric", "evaluate",
            "finetune", "RESUMABLE_CHANGES"]

@@ -5,6 +5,16 @@
   top-down, fusion of all levels at the finest) + dropout + 1×1 classifier, and optionally
   the auxiliary FCN head of mmseg's UPerNet recipe (conv3×3-BN-ReLU, dropout, 1×1 on
   pyramid level 2). Logits are upsampled bilinearly to the input size.
+* :class:`ChangeModel`: one backbone on both dates (a siamese encoder: the same module is
+  called on the two images stacked along the batch, so the branches share every weight by
+  construction), per-level fusion of the two dates' token maps — ``absdiff`` ``|f1 − f2|``
+  (symmetric in the dates: swapping them gives the same output) or ``concat`` ``[f1, f2]``
+  followed by a 1×1 convolution back to ``D`` — then the segmentation model's pyramid,
+  UPerNet decoder and classifier (binary change: 2 classes).
+* :class:`ClassificationModel`: the backbone's pooled embedding (cls token, or the mean of
+  the patch tokens, after the final norm; fused over modalities) + dropout + a linear
+  classifier (MAE's fine-tuning head, initialised with std 2e-5); ``probe=True`` puts
+  BatchNorm without affine parameters before it (MAE's linear-probe head).
 * :class:`HeightModel`: backbone + a light FPN decoder (LayerNorm and 1×1 lateral per
   level, top-down sum, 3×3 conv-BN-ReLU on the finest map) + a 3×3 conv to one channel,
   upsampled bilinearly to the input size: the height in metres (or whatever unit the loss
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 from typing import Iterator, Mapping
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,6 +45,7 @@ import mssdf  # noqa: F401  (timm/torchvision import shim, before smp imports th
 from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
 
 from mssdf.downstream.backbone import LayerNorm2d, ViTBackbone
+from mssdf.downstream.config import SECOND_DATE
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
@@ -73,15 +85,102 @@ class SegmentationModel(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         self.aux_head = FCNHead(backbone.out_channels[2], channels, num_classes, dropout) if aux else None
 
+    def pyramid(self, images: Mapping[str, Tensor]) -> list[Tensor]:
+        """The four maps the decoder reads (the backbone's pyramid)."""
+        return self.backbone(images)
+
     def forward(self, images: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``{m: (B, C_m, H, W)}`` → ``{"out": (B, K, H, W)}`` logits, plus ``"aux"`` (same shape) with the aux head."""
         size = _input_size(images, self.backbone)
-        maps = self.backbone(images)
+        maps = self.pyramid(images)
         logits = self.classifier(self.dropout(self.decoder([None, None, *maps])))
         out = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
         if self.aux_head is not None:
             out["aux"] = F.interpolate(self.aux_head(maps[2]), size=size, mode="bilinear", align_corners=False)
         return out
+
+
+def split_dates(images: Mapping[str, Tensor], modalities: tuple[str, ...]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``{m: t1, m_t2: t2}`` → ``({m: t1}, {m: t2})`` for the backbone's ``modalities``.
+
+    Raises:
+        KeyError: a date of a modality is missing. ValueError: the dates differ in shape.
+    """
+    t1, t2 = {}, {}
+    for m in modalities:
+        if m not in images or m + SECOND_DATE not in images:
+            raise KeyError(f"change input needs {m!r} and {m + SECOND_DATE!r} (has {sorted(images)})")
+        a, b = images[m], images[m + SECOND_DATE]
+        if a.shape != b.shape:
+            raise ValueError(f"the two dates of {m!r} differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+        t1[m], t2[m] = a, b
+    return t1, t2
+
+
+class ChangeModel(SegmentationModel):
+    """Siamese backbone on two dates, per-level fusion, pyramid + UPerNet (module doc).
+
+    Input ``{m: (B, C_m, H, W), m_t2: (B, C_m, H, W)}`` for each backbone modality ``m``;
+    output as :class:`SegmentationModel` (``num_classes`` 2: unchanged / changed).
+    """
+
+    def __init__(self, backbone: ViTBackbone, num_classes: int = 2, fusion: str = "absdiff", aux: bool = True,
+                 channels: int = 64, dropout: float = 0.1):
+        super().__init__(backbone, num_classes, aux=aux, channels=channels, dropout=dropout)
+        if fusion not in ("absdiff", "concat"):
+            raise ValueError(f"fusion must be 'absdiff' or 'concat', got {fusion!r}")
+        self.fusion = fusion
+        d = backbone.embed_dim
+        self.merge = nn.ModuleList(nn.Conv2d(2 * d, d, 1) for _ in range(4)) if fusion == "concat" else None
+
+    def pyramid(self, images: Mapping[str, Tensor]) -> list[Tensor]:
+        t1, t2 = split_dates(images, self.backbone.modalities)
+        b = next(iter(t1.values())).shape[0]
+        both = {m: torch.cat([t1[m], t2[m]], dim=0) for m in t1}  # one pass, shared weights: (2B, C, H, W)
+        fused = []
+        for level, f in enumerate(self.backbone.features(both)):  # (2B, D, h, w)
+            f1, f2 = f[:b], f[b:]
+            fused.append((f1 - f2).abs() if self.merge is None else self.merge[level](torch.cat([f1, f2], dim=1)))
+        return self.backbone.neck(fused)
+
+
+class ClassificationModel(nn.Module):
+    """Backbone embedding (``pool``) → [BatchNorm1d without affine] → dropout → linear classifier."""
+
+    def __init__(self, backbone: ViTBackbone, num_classes: int, pool: str = "cls", probe: bool = False, dropout: float = 0.0):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.backbone, self.pool, self.num_classes = backbone, pool, num_classes
+        d = backbone.embed_dim
+        self.head = LinearHead(d, num_classes, probe=probe, dropout=dropout)
+
+    def embed(self, images: Mapping[str, Tensor]) -> Tensor:
+        """``{m: (B, C_m, H, W)}`` → ``(B, D)`` (the features kNN and the linear probe read)."""
+        return self.backbone.pooled(images, self.pool)
+
+    def forward(self, images: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``{m: (B, C_m, H, W)}`` → ``{"out": (B, K)}`` logits."""
+        return {"out": self.head(self.embed(images))}
+
+
+class LinearHead(nn.Module):
+    """``(B, D)`` → ``(B, K)``: [BatchNorm1d(affine=False) when ``probe``] → dropout → linear.
+
+    MAE's heads: fine-tuning initialises the weights with std 2e-5, the linear probe with
+    0.01; biases zero.
+    """
+
+    def __init__(self, dim: int, num_classes: int, probe: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6) if probe else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=0.01 if probe else 2e-5)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.fc(self.dropout(self.norm(z)))
 
 
 class HeightDecoder(nn.Module):
@@ -124,6 +223,16 @@ def build_segmentation_model(backbone: ViTBackbone, num_classes: int, aux: bool 
     return SegmentationModel(backbone, num_classes, aux=aux, channels=channels)
 
 
+def build_change_model(backbone: ViTBackbone, fusion: str = "absdiff", aux: bool = True, channels: int = 64) -> ChangeModel:
+    """:class:`ChangeModel` (binary change: 2 classes)."""
+    return ChangeModel(backbone, 2, fusion=fusion, aux=aux, channels=channels)
+
+
+def build_classification_model(backbone: ViTBackbone, num_classes: int, pool: str = "cls", probe: bool = False) -> ClassificationModel:
+    """:class:`ClassificationModel` (``probe``: MAE's linear-probe head)."""
+    return ClassificationModel(backbone, num_classes, pool=pool, probe=probe)
+
+
 def build_height_model(backbone: ViTBackbone, channels: int = 64) -> HeightModel:
     """:class:`HeightModel` (``channels``: decoder width)."""
     return HeightModel(backbone, channels=channels)
@@ -144,5 +253,7 @@ def head_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
             yield name, p
 
 
-__all__ = ["SegmentationModel", "HeightModel", "FCNHead", "HeightDecoder", "build_segmentation_model", "build_height_model",
+__all__ = ["SegmentationModel", "ChangeModel", "ClassificationModel", "LinearHead", "HeightModel", "FCNHead", "HeightDecoder",
+           "SECOND_DATE", "split_dates", "build_segmentation_model", "build_change_model", "build_classification_model",
+           "build_height_model",
            "backbone_parameters", "head_parameters"]

@@ -14,28 +14,29 @@ import torch
 
 from mssdf.data.io import IGNORE_INDEX
 from mssdf.downstream.config import FinetuneConfig
+from mssdf.downstream.data import input_of
 from mssdf.downstream.engine import load_finished_run, predict
 from mssdf.reports.plots import to_display
 
 
-def run_predictions(cfg: FinetuneConfig, count: int = 3, split: str = "test") -> dict[str, Any]:
+def run_predictions(cfg: FinetuneConfig, count: int = 3, split: str = "test", indices: Sequence[int] | None = None) -> dict[str, Any]:
     """Inputs (raw, for display), targets and predictions of the selected weights of a finished
-    run, on the first ``count`` samples of ``split``.
+    run, on the first ``count`` samples of ``split`` (or on ``indices``).
 
     Returns:
-        ``{"images": {m: (k, C, H, W)} raw, "target": (k, H, W), "pred": (k, H, W)}`` — class ids
-        (segmentation) or metres (height).
+        ``{"images": {key: (k, C, H, W)} raw, "target": (k, H, W), "pred": (k, H, W), "classes",
+        "indices"}`` — class ids (segmentation, change: keys ``m`` and ``m_t2``) or metres (height).
     """
     model, data, num_classes = load_finished_run(cfg)
     ds = getattr(data, split)
-    indices = range(min(count, len(ds)))
+    indices = list(range(min(count, len(ds)))) if indices is None else list(indices)
     items = [ds[i] for i in indices]
     raw = [ds.raw(i) for i in indices]
     images = {m: torch.stack([it["images"][m] for it in items]) for m in items[0]["images"]}
-    out = predict(model, images, cfg, num_classes if cfg.task == "segmentation" else 1)
-    pred = out.argmax(1) if cfg.task == "segmentation" else out[:, 0]
-    return {"images": {m: torch.stack([torch.as_tensor(r[m]) for r in raw]).float() for m in images},
-            "target": torch.stack([it["target"] for it in items]), "pred": pred, "classes": data.classes}
+    out = predict(model, images, cfg, num_classes if cfg.task != "height" else 1)
+    pred = out[:, 0] if cfg.task == "height" else out.argmax(1)
+    return {"images": {m: torch.stack([torch.as_tensor(input_of(r, m)) for r in raw]).float() for m in images},
+            "target": torch.stack([it["target"] for it in items]), "pred": pred, "classes": data.classes, "indices": indices}
 
 
 def label_image(labels: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -76,10 +77,11 @@ def segmentation_panels(panels: dict[str, dict[str, Any]], classes: Sequence[str
     return fig
 
 
-def per_class_iou(rows: list[dict[str, Any]], dataset: str, split: str = "test") -> pd.DataFrame:
-    """Class × initialisation: mean per-class IoU over seeds (from the study rows' ``per_class_iou/<class>``)."""
+def per_class_iou(rows: list[dict[str, Any]], dataset: str, split: str = "test", metric: str = "per_class_iou") -> pd.DataFrame:
+    """Class × initialisation: mean per-class IoU over seeds (from the study rows' ``per_class_iou/<class>``;
+    ``metric``: another per-class metric, e.g. ``per_class_accuracy``)."""
     frame = pd.DataFrame([r for r in rows if r["dataset"] == dataset and r["split"] == split])
-    cols = [c for c in frame.columns if c.startswith("per_class_iou/")]
+    cols = [c for c in frame.columns if c.startswith(f"{metric}/")]
     table = frame.groupby("init", sort=False)[cols].mean().T
     table.index = [c.split("/", 1)[1] for c in table.index]
     return table

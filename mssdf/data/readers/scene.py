@@ -2,7 +2,9 @@
 
 Classes are the sub-folder names, sorted; the class index is the position in that list.
 ``train``/``test`` come from a seeded per-class split with ``train_ratio`` of each class
-in train (the rest in test); ``all`` returns every image.
+in train (the rest in test; ``train_ratio`` in (0, 1], 1: every image in train and an
+empty test); ``all`` returns every image. A class that the split leaves without an image
+(a class folder with a single image, or a very small ratio) is an error naming the folder.
 Sample: ``rgb`` (3,H,W) float32 raw 0-255, ``label`` int64 scalar tensor, ``meta``.
 """
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from mssdf.data.io import DataError
-from mssdf.data.readers.base import ReaderDataset, Sample, check_choice, list_files, read_image, to_tensor
+from mssdf.data.readers.base import ReaderDataset, Sample, check_choice, check_fraction, list_files, read_image, to_tensor
 from mssdf.data.readers.splits import stratified_split
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -43,7 +45,7 @@ class SceneFolders(ReaderDataset):
     ):
         super().__init__(root, split, transform)
         check_choice(split, ("train", "test", "all"), "split")
-        self.train_ratio = self.RATIOS[0] if train_ratio is None else train_ratio
+        self.train_ratio = check_fraction(self.RATIOS[0] if train_ratio is None else train_ratio, "train_ratio")
         self.seed = seed
         folder = self.root / self.FOLDER if (self.root / self.FOLDER).is_dir() else self.root
         self.folder = folder
@@ -65,9 +67,18 @@ class SceneFolders(ReaderDataset):
             labels += [index] * len(images)
         if split == "all":
             keep = list(range(len(files)))
+        elif self.train_ratio == 1.0:
+            keep = list(range(len(files))) if split == "train" else []
         else:
             train, test = stratified_split(labels, self.train_ratio, seed)
             keep = train if split == "train" else test
+            counts = np.bincount(np.asarray(labels)[keep].astype(np.int64), minlength=len(class_dirs))
+            empty = [class_dirs[k] for k in np.flatnonzero(counts == 0)]
+            if empty:
+                n = sum(1 for lab in labels if lab == self.classes.index(empty[0].name))
+                raise DataError(f"{empty[0]}: class folder has no image in the {split!r} split ({n} image(s), "
+                                f"train_ratio={self.train_ratio}, seed={seed})"
+                                + (f"; {len(empty)} classes are missing from it" if len(empty) > 1 else ""))
         self.files = [files[i] for i in keep]
         self.labels = [labels[i] for i in keep]
 

@@ -21,7 +21,9 @@ Sample (a pair, each time a modality dict so the encoder runs on ``t1`` and ``t2
 
 Splits: ``all``; or ``train``/``test`` from ``root/train``/``root/test`` folders when they
 exist, else a seeded random split of the pairs under ``root`` (``test_fraction``, default
-0.2, the common 4:1 protocol; which pairs the paper used is not published).
+0.2, the common 4:1 protocol; which pairs the paper used is not published). ``val``: with
+``val_fraction > 0``, that fraction of the train pairs (seeded; no longer in ``train``),
+else empty.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from mssdf.data.readers.base import (
     ReaderDataset,
     Sample,
     check_choice,
+    check_fraction,
     image_header,
     list_files,
     read_image,
@@ -57,7 +60,8 @@ class SECOND(ReaderDataset):
     Args:
         root: dataset folder.
         split: ``all``, ``train``, ``val`` or ``test``.
-        test_fraction, seed: seeded split when no split folders exist (``val`` is then empty).
+        test_fraction, seed: seeded split when no split folders exist.
+        val_fraction: fraction of the train pairs held out as ``val`` (seeded; 0: ``val`` is empty).
         check_headers: compare every partner's header (size, bands) at construction.
         unknown_colors: ``error`` or ``ignore`` (-> 255) for colours outside the palette.
         transform: optional callable applied to each sample dict.
@@ -72,6 +76,7 @@ class SECOND(ReaderDataset):
         split: str = "all",
         test_fraction: float = 0.2,
         seed: int = 0,
+        val_fraction: float = 0.0,
         check_headers: bool = True,
         unknown_colors: Literal["error", "ignore"] = "error",
         transform: Callable[[Sample], Sample] | None = None,
@@ -80,7 +85,11 @@ class SECOND(ReaderDataset):
         check_choice(split, ("all", "train", "val", "test"), "split")
         check_choice(unknown_colors, ("error", "ignore"), "unknown_colors")
         self.unknown_colors = unknown_colors
-        base = self.root / split if split != "all" and (self.root / split / "im1").is_dir() else self.root
+        if val_fraction:
+            check_fraction(val_fraction, "val_fraction", allow_one=False)
+        own_val = split == "val" and (self.root / "val" / "im1").is_dir()  # an official val folder
+        folder_split = "train" if split == "val" and not own_val else split
+        base = self.root / folder_split if split != "all" and (self.root / folder_split / "im1").is_dir() else self.root
         self.base = base
         dirs = {f: require_dir(base / f, LAYOUT) for f in FOLDERS}
         names = {f: {p.stem: p for p in list_files(d, SUFFIXES)} for f, d in dirs.items()}
@@ -99,7 +108,10 @@ class SECOND(ReaderDataset):
                 )
         if split != "all" and base == self.root:
             train, test = holdout_split(len(ids), test_fraction, seed)
-            ids = [ids[i] for i in {"train": train, "test": test, "val": []}[split]]
+            ids = [ids[i] for i in (test if split == "test" else train)]
+        if split in ("train", "val") and not own_val:
+            keep, val = holdout_split(len(ids), val_fraction, seed + 1) if val_fraction else (list(range(len(ids))), [])
+            ids = [ids[i] for i in (keep if split == "train" else val)]
         self.samples = [{f: names[f][i] for f in FOLDERS} for i in ids]
         self.ids = ids
         if check_headers:
