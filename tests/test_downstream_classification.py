@@ -167,7 +167,12 @@ def test_classification_metrics_equal_a_direct_computation():
 
 
 # ------------------------------------------------------------------------------ paper protocols
-@pytest.mark.parametrize("preset,folder,classes", [("aid_20", "AID", 30), ("nwpu_10", "NWPU-RESISC45", 45)])
+RATIOS = {"aid_20": 0.2, "aid_50": 0.5, "nwpu_10": 0.1, "nwpu_20": 0.2}
+STEPS = {"aid_20": 3100, "aid_50": 7800, "nwpu_10": 4900, "nwpu_20": 9800}  # 100 epochs of batch 64
+
+
+@pytest.mark.parametrize("preset,folder,classes", [("aid_20", "AID", 30), ("aid_50", "AID", 30), ("nwpu_10", "NWPU-RESISC45", 45),
+                                                    ("nwpu_20", "NWPU-RESISC45", 45)])
 def test_paper_protocol_runs_a_few_iterations_on_fake_folders(tmp_path, preset, folder, classes):
     make_scene_folders(tmp_path / folder, [f"c{k:02d}" for k in range(classes)], per_class=10, size=12, camel=folder == "AID")
     study = StudyConfig(inits=("random",), seeds=(0,), out_dir=str(tmp_path / "runs"),
@@ -177,13 +182,13 @@ def test_paper_protocol_runs_a_few_iterations_on_fake_folders(tmp_path, preset, 
                                            "data": {"root": str(tmp_path), "resize": 32, "stats_samples": 8}}})
     cfg = study.run_config(preset, "random", 0)
     full = StudyConfig(inits=("random",), seeds=(0,), run={"profile": "paper"}, datasets={preset: {"preset": preset}})
-    assert full.run_config(preset, "random", 0).steps == {"aid_20": 3100, "nwpu_10": 4900}[preset]  # 100 epochs of batch 64
+    assert full.run_config(preset, "random", 0).steps == STEPS[preset]
     assert cfg.mixup == 0.8 and cfg.cutmix == 1.0 and cfg.label_smoothing == 0.1 and cfg.optim.layer_decay == 0.65
-    assert cfg.data.reader_args["train_ratio"] == {"aid_20": 0.2, "nwpu_10": 0.1}[preset] and not cfg.select_best
+    assert cfg.data.reader_args["train_ratio"] == RATIOS[preset] and not cfg.select_best
     rows = run_study(study, log=None)
     m = json.loads((tmp_path / "runs" / preset / "random" / "seed0" / "metrics.json").read_text())
     assert len(m["classes"]) == classes and m["best_step"] == 2
-    n_test = 10 * classes - round({"aid_20": 0.2, "nwpu_10": 0.1}[preset] * 10) * classes
+    n_test = 10 * classes - round(RATIOS[preset] * 10) * classes
     assert int(np.sum(m["test"]["confusion"])) == n_test  # every test image scored once, at 32 px
     assert {r["split"] for r in rows} == {"val", "test"}
 

@@ -1,6 +1,7 @@
 """A downstream study: every initialisation × every seed × every dataset of one task.
 
-The ``segmentation`` and ``height`` sections of params.yaml are :class:`StudyConfig`s: a
+The ``segmentation``, ``height``, ``classification`` and ``change`` sections of params.yaml
+are :class:`StudyConfig`s: a
 common ``run`` mapping (a :class:`~mssdf.downstream.config.FinetuneConfig` with its
 ``profile``), one override mapping per dataset (``datasets``), and the initialisations and
 seeds to cross. :func:`run_study` runs each combination into
