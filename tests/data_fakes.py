@@ -9,6 +9,8 @@
 * Rotterdam-like pan (0.5 m, uint16) / MS (1 m, 4 bands float64) pairs in EPSG:32631.
 * Atlanta-like pan (0.5 m) + GeoJSON squares (EPSG:32616); Las Vegas-like pan + 0/255
   road mask (EPSG:4326) + road lines.
+* NEON-like RGB (0.1 m): one UTM GeoTIFF and three PNGs, each with a Pascal-VOC XML of the
+  tree boxes in :data:`NEON_BOXES` (native pixels).
 """
 
 from __future__ import annotations
@@ -146,14 +148,45 @@ def make_raw(root: Path, rotterdam_px: int = 64, atlanta_px: int = 96, lasvegas_
     return root
 
 
+NEON_IMAGES = ("OSBS_029.tif", "2019_YELL_2_528000_4978000_image_crop2.png", "2019_YELL_2_541000_4977000_image_crop.png",
+               "SOAP_061.png")
+# Tree boxes of each fake NEON image (native 0.1 m pixels, xmin ymin xmax ymax, the image at least 64 px). At
+# res 0.2 (factor 2) in 16 px tiles (SMALL_SOURCES): the first lies in tile (0, 0) at (1.5, 2.5, 13.5, 14.5); the
+# second, (10, 20, 20, 28) in the scene, straddles the border x = 16 between tiles (16, 0), which holds 60 % of it,
+# and (16, 16), which holds 40 %; the third lies in tile (16, 16) at (2, 2, 14, 14); SOAP_061's fourth in tile (0, 16).
+_TREES = [(3, 5, 27, 29), (20, 40, 40, 56), (36, 36, 60, 60)]
+NEON_BOXES: dict[str, list[tuple[str, tuple[int, int, int, int]]]] = {
+    **{name: [("Tree", b) for b in _TREES] for name in NEON_IMAGES[:3]},
+    "SOAP_061.png": [("Alive", _TREES[0]), ("Alive", _TREES[1]), ("Dead", _TREES[2]), ("Dead", (40, 4, 60, 22))],
+}
+
+
+def voc_xml(filename: str, size: tuple[int, int] | None, objects, bndbox: str | None = None) -> str:
+    """Pascal-VOC XML text (deepforest's layout) of ``objects`` ``[(name, (xmin, ymin, xmax, ymax))]``;
+    ``bndbox`` replaces the first object's ``<bndbox>`` element text (malformed-input tests)."""
+    size_xml = f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>" if size else ""
+    objs = []
+    for k, (name, (x0, y0, x1, y1)) in enumerate(objects):
+        box = bndbox if bndbox is not None and k == 0 else (
+            f"<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox>")
+        objs.append(f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+                    f"<difficult>0</difficult>{box}</object>")
+    return f"<annotation><folder>data</folder><filename>{filename}</filename>{size_xml}<segmented>0</segmented>{''.join(objs)}</annotation>\n"
+
+
 def make_neon(folder: Path, rng: np.random.Generator, px: int = 64) -> None:
-    """Fake NEON RGB: one georeferenced 3-band GeoTIFF (UTM, 0.1 m) and three PNGs without a CRS."""
+    """Fake NEON RGB: one georeferenced 3-band GeoTIFF (UTM, 0.1 m) and three PNGs without a CRS,
+    each with its VOC XML (``<image stem>.xml``) of the :data:`NEON_BOXES` trees."""
     from PIL import Image
 
+    assert px >= 64, "the fake tree boxes need images of at least 64 px"
+    folder.mkdir(parents=True, exist_ok=True)
     write_tif(folder / "OSBS_029.tif", rng.integers(0, 256, (3, px, px)).astype(np.uint8), "EPSG:32617",
               Affine(0.1, 0, 404000.0, 0, -0.1, 3285000.0))
-    for name in ("2019_YELL_2_528000_4978000_image_crop2.png", "2019_YELL_2_541000_4977000_image_crop.png", "SOAP_061.png"):
+    for name in NEON_IMAGES[1:]:
         Image.fromarray(rng.integers(0, 256, (px, px, 3)).astype(np.uint8)).save(folder / name)
+    for name in NEON_IMAGES:
+        (folder / name).with_suffix(".xml").write_text(voc_xml(name, (px, px), NEON_BOXES[name]))
 
 
 # Small tiles so the fakes give tiles in every source (``prepare.sources`` blocks).

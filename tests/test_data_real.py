@@ -31,7 +31,8 @@ def test_prepare_real_sample(tmp_path):
     out = tmp_path / "prepared"
     rows = read_index(out)
     assert {r["task"] for r in rows} == set(TASKS)
-    for task in ("pretrain_rotterdam", "pretrain_neon", "seg_buildings", "seg_roads", "change", "detection", "scene"):
+    for task in ("pretrain_rotterdam", "pretrain_neon", "seg_buildings", "seg_roads", "change", "detection", "detection_trees",
+                 "scene"):
         assert all(summary["rows_per_task"][task][s] > 0 for s in ("train", "val", "test")), task
     # Autzen heights are metres (the file is in feet): roofs/trees of a few to ~30 m, DSM ~ 120-160 m
     stats = json.loads((out / "stats.json").read_text())
@@ -45,6 +46,9 @@ def test_prepare_real_sample(tmp_path):
         size = next(iter(rs))[3]
         assert split_overlaps(wins, sp, size, (int(wins[:, 0].max()) + size, int(wins[:, 1].max()) + size)) == 0
     assert summary["scene_notes"]["atlanta"]["footprints"] == 43
+    crowns = [n["tree_boxes"] for name, n in summary["scene_notes"].items() if name.startswith("neon_")]
+    assert len(crowns) == 4  # the 951 boxes of the four XMLs: Tree and Alive -> tree, Dead -> dead tree
+    assert {c: sum(n[c] for n in crowns) for c in TASKS["detection_trees"].classes} == {"tree": 923, "dead tree": 28}
     from mssdf.data.footprints import leaks
 
     for task in (t for t in TASKS if t.startswith("pretrain_")):  # on the ground: no pre-training tile meets val/test

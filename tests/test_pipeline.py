@@ -336,7 +336,7 @@ def test_every_params_section_builds_its_typed_config():
         assert cfg.data.kind == "mixture" and len(cfg.modality_sets) > 1
     from mssdf.downstream.study import StudyConfig
 
-    for task in ("segmentation", "height", "classification", "change"):  # every init x dataset combination is validated
+    for task in ("segmentation", "height", "classification", "change", "detection"):  # every init x dataset combination is validated
         study = from_dict(StudyConfig, PARAMS[task], task)
         assert study.run_config(next(iter(study.datasets)), study.inits[0], study.seeds[0]).task == task
         assert f"reports/{task}/metrics.json" in str(DVC_YAML["stages"][task]["metrics"])

@@ -138,7 +138,7 @@ def test_dota_bad_inputs(tmp_path):
     with pytest.raises(DataError, match=r"labelTxt/P0003\.txt: file not found \(partner of .*P0003\.png\)"):
         DOTA(tmp_path, "train")
     (tmp_path / "train" / "labelTxt" / "P0003.txt").write_text("1 2 3 4 5 6 7 plane\n")
-    with pytest.raises(DataError, match=r"P0003\.txt:1: expected 'x1 y1"):
+    with pytest.raises(DataError, match=r"P0003\.txt:1: polygon with 7 coordinate values, 8 expected"):
         DOTA(tmp_path, "train")[1]
     with pytest.raises(DataError, match=r"(?s)val/images: folder not found; expected layout"):
         DOTA(tmp_path, "val")

@@ -1,7 +1,10 @@
 """Labels: rasterised vector footprints, mask/class mapping, boxes, and the DERIVED labels.
 
-Real labels: building footprints (Atlanta polygons -> mask and instance ids -> boxes),
-road masks (Las Vegas), ASPRS lidar classes (IGN). Derived labels, marked as such in the
+Real labels: building footprints (Atlanta polygons -> mask and instance ids -> horizontal
+boxes, :func:`boxes_from_instances`, and minimum-area oriented boxes,
+:func:`oriented_boxes_from_instances`), tree-crown boxes (NEON, Pascal-VOC XML:
+:func:`read_voc`, cut into tiles by :func:`boxes_in_window`), road masks (Las Vegas), ASPRS
+lidar classes (IGN). Derived labels, marked as such in the
 tile index: synthetic changes (:func:`synthetic_change`, whose after-image then gets the
 differences of a second acquisition from :func:`acquisition_shift`) and scene classes
 (:func:`fraction_class`, :func:`dominant_class`).
@@ -95,6 +98,272 @@ def boxes_from_instances(inst: np.ndarray, min_pixels: int = 16) -> np.ndarray:
         return np.zeros((0, 4), np.float32)
     slices = ndimage.find_objects(inst, max_label=int(keep.max()))
     return np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in (slices[i - 1] for i in keep)], np.float32)
+
+
+# ----------------------------------------------------------------------------- oriented boxes
+def normalize_obb(obb: np.ndarray) -> np.ndarray:
+    """``(K, 5)`` ``cx, cy, w, h, theta`` → the same rectangles with ``theta`` in ``[-pi/4, pi/4)``.
+
+    ``theta`` is the angle (radians) of the ``w`` side against the x axis in image axes (x
+    right, y down: a positive angle turns clockwise on screen); a rectangle is the same
+    after a half turn, and after a quarter turn with ``w`` and ``h`` swapped, so one
+    ``theta`` in ``[-pi/4, pi/4)`` names each rectangle (the downstream detection heads'
+    convention).
+    """
+    obb = np.asarray(obb, np.float64).reshape(-1, 5)
+    cx, cy, w, h, t = obb.T
+    t = np.mod(t + math.pi / 4, math.pi) - math.pi / 4  # [-pi/4, 3pi/4)
+    swap = t >= math.pi / 4
+    t = np.where(swap, t - math.pi / 2, t)
+    again = t >= math.pi / 4  # only by rounding (np.mod can return the modulus itself)
+    t, swap = np.where(again, t - math.pi / 2, t), swap ^ again
+    return np.stack([cx, cy, np.where(swap, h, w), np.where(swap, w, h), t], 1)
+
+
+def obb_polygons(obb: np.ndarray) -> np.ndarray:
+    """``(K, 5)`` ``cx, cy, w, h, theta`` → ``(K, 4, 2)`` corners ``(x, y)``: the offsets
+    ``(+w/2, +h/2), (-w/2, +h/2), (-w/2, -h/2), (+w/2, -h/2)`` turned by ``theta`` about the
+    centre (the order of ``mssdf.downstream.detection.boxes.obb_to_poly``)."""
+    obb = np.asarray(obb, np.float64).reshape(-1, 5)
+    cx, cy, w, h, t = (v[:, None] for v in obb.T)
+    dx = np.concatenate([w, -w, -w, w], 1) / 2
+    dy = np.concatenate([h, h, -h, -h], 1) / 2
+    cos, sin = np.cos(t), np.sin(t)
+    return np.stack([cx + dx * cos - dy * sin, cy + dx * sin + dy * cos], -1)
+
+
+def polygon_to_obb(corners: np.ndarray) -> np.ndarray:
+    """``(4, 2)`` corners of a rectangle in order around it → ``(5,)`` normalised
+    ``cx, cy, w, h, theta`` (:func:`normalize_obb`)."""
+    p = np.asarray(corners, np.float64).reshape(4, 2)
+    e1, e2 = p[1] - p[0], p[2] - p[1]
+    obb = [*p.mean(0), math.hypot(*e1), math.hypot(*e2), math.atan2(e1[1], e1[0])]
+    return normalize_obb(np.array([obb]))[0]
+
+
+def pixel_hull_points(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``(M, 2)`` ``(x, y)`` points whose convex hull is that of the union of the pixel squares
+    ``[col, col + 1] x [row, row + 1]``: per row, the outer corners of its leftmost and
+    rightmost pixel (the other corners lie between them)."""
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    uniq, inv = np.unique(rows, return_inverse=True)
+    lo = np.full(len(uniq), np.iinfo(np.int64).max)
+    hi = np.full(len(uniq), np.iinfo(np.int64).min)
+    np.minimum.at(lo, inv, cols)
+    np.maximum.at(hi, inv, cols)
+    r = uniq.astype(np.float64)
+    xs = np.concatenate([lo, lo, hi + 1, hi + 1]).astype(np.float64)
+    ys = np.concatenate([r, r + 1, r, r + 1])
+    return np.stack([xs, ys], 1)
+
+
+def minimum_rectangle(points: np.ndarray) -> np.ndarray:
+    """The minimum-area rectangle enclosing ``points`` (M, 2), as a normalised ``(5,)``
+    ``cx, cy, w, h, theta`` (:func:`normalize_obb`).
+
+    A minimum-area enclosing rectangle has a side on an edge of the convex hull (Freeman and
+    Shapira, 1975): the hull (shapely) is computed and every edge's direction tried, the
+    smallest bounding rectangle in that direction kept (the rotating-calipers result; shapely's
+    own ``minimum_rotated_rectangle`` is only minimum-area with GEOS >= 3.12, so it is not
+    relied on). Points on a line, or one point, give a rectangle of zero height.
+    """
+    import shapely
+
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    hull = shapely.convex_hull(shapely.MultiPoint(pts))
+    if hull.geom_type == "Polygon":
+        xy = np.asarray(hull.exterior.coords, np.float64)[:-1]
+    else:  # a segment or a point
+        xy = np.asarray(hull.coords, np.float64)
+    edges = np.roll(xy, -1, 0) - xy
+    edges = edges[np.hypot(edges[:, 0], edges[:, 1]) > 0]
+    if len(edges) == 0:  # one point
+        return np.array([xy[0, 0], xy[0, 1], 0.0, 0.0, 0.0])
+    angles = np.arctan2(edges[:, 1], edges[:, 0])
+    cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
+    u = xy[None, :, 0] * cos + xy[None, :, 1] * sin  # (E, V) coordinates along each edge direction
+    v = -xy[None, :, 0] * sin + xy[None, :, 1] * cos  # ... and across it
+    w, h = u.max(1) - u.min(1), v.max(1) - v.min(1)
+    k = int(np.argmin(w * h))
+    uc, vc = (u[k].max() + u[k].min()) / 2, (v[k].max() + v[k].min()) / 2
+    c, s = float(cos[k, 0]), float(sin[k, 0])
+    out = normalize_obb(np.array([[uc * c - vc * s, uc * s + vc * c, w[k], h[k], angles[k]]]))[0]
+    if abs(out[4]) < 1e-9:  # an axis-aligned side: exactly 0, not a rounding residue of pi/2
+        out[4] = 0.0
+    return out
+
+
+def oriented_boxes_from_instances(inst: np.ndarray, min_pixels: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-area rectangles of the instances in ``inst`` (H, W): the same instances, in the
+    same order, as :func:`boxes_from_instances` (at least ``min_pixels`` visible pixels, id order).
+
+    Each rectangle is the smallest one holding the union of the instance's visible pixel
+    squares (pixel ``(r, c)`` is the square ``[c, c + 1] x [r, r + 1]`` in ``x, y`` pixel
+    coordinates, as the horizontal boxes count them): an axis-aligned footprint gives its
+    horizontal box at ``theta = 0``.
+
+    Returns:
+        ``(K, 5)`` float32 ``cx, cy, w, h, theta`` (``theta`` in ``[-pi/4, pi/4)``,
+        :func:`normalize_obb`) and ``(K, 4, 2)`` float32 corners (:func:`obb_polygons`).
+    """
+    ids, counts = np.unique(inst[inst > 0], return_counts=True)
+    keep = ids[counts >= min_pixels]
+    if len(keep) == 0:
+        return np.zeros((0, 5), np.float32), np.zeros((0, 4, 2), np.float32)
+    slices = ndimage.find_objects(inst, max_label=int(keep.max()))
+    obb = []
+    for i in keep:
+        sl = slices[i - 1]
+        rr, cc = np.nonzero(inst[sl] == i)
+        obb.append(minimum_rectangle(pixel_hull_points(rr + sl[0].start, cc + sl[1].start)))
+    obb = np.array(obb, np.float64)
+    return obb.astype(np.float32), obb_polygons(obb).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- annotated boxes (VOC XML)
+#: Classes of the NEON tree-crown task, and the deepforest XML names that map to them.
+TREE_CLASSES: tuple[str, ...] = ("tree", "dead tree")
+TREE_NAMES: dict[str, int] = {"Tree": 0, "Alive": 0, "Dead": 1}
+
+#: A box cut by a tile border is kept in the tile when at least this fraction of its area lies inside.
+MIN_BOX_INSIDE = 0.5
+#: ... and when the part inside is at least this many tile pixels on each side.
+MIN_BOX_SIDE_PX = 1.0
+
+
+@dataclass(frozen=True)
+class VocBoxes:
+    """The objects of one Pascal-VOC XML file.
+
+    Attributes:
+        path: the XML file.
+        filename: the image it annotates (``<filename>``, a name beside the XML).
+        size: ``(width, height)`` from ``<size>`` (None when absent).
+        boxes: ``(K, 4)`` float64 ``xmin, ymin, xmax, ymax`` as written.
+        names: the ``K`` object names.
+    """
+
+    path: Path
+    filename: str
+    size: tuple[int, int] | None
+    boxes: np.ndarray
+    names: tuple[str, ...]
+
+    def labels(self, classes: Mapping[str, int]) -> np.ndarray:
+        """``(K,)`` int64 class ids of the objects; a name not in ``classes`` raises
+        DataError naming the file and the object."""
+        for k, name in enumerate(self.names, 1):
+            if name not in classes:
+                raise DataError(f"{self.path}: object {k} has unknown class name {name!r} (known: {', '.join(classes)})")
+        return np.array([classes[n] for n in self.names], np.int64)
+
+    def check_inside(self, width: int, height: int, image: str | Path) -> None:
+        """Every box must lie inside the ``width`` x ``height`` image (DataError naming the
+        file, the object and the image otherwise); a ``<size>`` that differs from the image's
+        is refused too (the boxes would be on another grid)."""
+        if self.size is not None and self.size != (width, height):
+            raise DataError(f"{self.path}: <size> {self.size[0]}x{self.size[1]} differs from its image {image} "
+                            f"({width}x{height} px)")
+        for k, ((x0, y0, x1, y1), name) in enumerate(zip(self.boxes, self.names), 1):
+            if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+                raise DataError(f"{self.path}: object {k} ({name!r}) box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside "
+                                f"its image {image} ({width}x{height} px)")
+
+
+def _voc_int(node, tag: str) -> int | None:
+    text = node.findtext(tag) if node is not None else None
+    try:
+        return int(float(text)) if text is not None else None
+    except ValueError:
+        return None
+
+
+def read_voc(path: str | Path) -> VocBoxes:
+    """The objects of a Pascal-VOC XML file (``<annotation>``: ``<filename>``, optional
+    ``<size>``, ``<object>`` with ``<name>`` and ``<bndbox>`` ``xmin ymin xmax ymax``).
+
+    Coordinates are kept as written: for the deepforest files, pixel edges of the image the
+    XML names, 0-based, ``xmax``/``ymax`` exclusive (as deepforest reads them).
+
+    Raises:
+        DataError: naming the file (and the object, numbered from 1): not XML, no
+            ``<filename>``, an object without a name, a missing or malformed ``<bndbox>``
+            (a tag missing, not a finite number), a degenerate box (``xmax <= xmin`` or
+            ``ymax <= ymin``: zero area).
+    """
+    import xml.etree.ElementTree as ET
+
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as err:
+        raise DataError(f"{path}: not a readable Pascal-VOC XML file ({err})") from err
+    filename = (root.findtext("filename") or "").strip()
+    if root.tag != "annotation" or not filename:
+        raise DataError(f"{path}: not a Pascal-VOC annotation (an <annotation> with a <filename> is needed)")
+    size_node = root.find("size")
+    w, h = _voc_int(size_node, "width"), _voc_int(size_node, "height")
+    size = (w, h) if w is not None and h is not None else None
+    boxes, names = [], []
+    for k, obj in enumerate(root.iter("object"), 1):
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise DataError(f"{path}: object {k} has no <name>")
+        bnd = obj.find("bndbox")
+        if bnd is None:
+            raise DataError(f"{path}: object {k} ({name!r}): malformed bndbox (no <bndbox>)")
+        coords = []
+        for tag in ("xmin", "ymin", "xmax", "ymax"):
+            text = bnd.findtext(tag)
+            try:
+                value = float(text) if text is not None else math.nan
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise DataError(f"{path}: object {k} ({name!r}): malformed bndbox (<{tag}> is {text!r}, not a finite number)")
+            coords.append(value)
+        x0, y0, x1, y1 = coords
+        if x1 <= x0 or y1 <= y0:
+            raise DataError(f"{path}: object {k} ({name!r}): degenerate box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) "
+                            "with zero area (xmax <= xmin or ymax <= ymin)")
+        boxes.append(coords)
+        names.append(name)
+    return VocBoxes(path, filename, size, np.array(boxes, np.float64).reshape(-1, 4), tuple(names))
+
+
+def boxes_in_window(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    row: int,
+    col: int,
+    size: int,
+    extent: tuple[int, int] | None = None,
+    min_inside: float = MIN_BOX_INSIDE,
+    min_side: float = MIN_BOX_SIDE_PX,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The boxes of a ``size`` window at ``(row, col)`` of a scene, in window pixels.
+
+    Each box (scene pixels, ``x0, y0, x1, y1``) is shifted into the window and clipped to it
+    (and to the scene's ``extent`` ``(H, W)`` where the window passes the scene border); it is
+    kept when at least ``min_inside`` of its area lies inside (a box straddling a border is
+    kept in the tile that holds most of it, and in both at exactly one half) and the clipped
+    box is at least ``min_side`` pixels on each side.
+
+    Returns:
+        ``(K', 4)`` float32 clipped boxes and their ``(K',)`` int64 labels, in input order.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    hi_x = hi_y = float(size)
+    if extent is not None:
+        hi_y, hi_x = min(hi_y, float(extent[0] - row)), min(hi_x, float(extent[1] - col))
+    shifted = boxes - np.array([col, row, col, row], np.float64)
+    clipped = np.stack([np.clip(shifted[:, 0], 0, hi_x), np.clip(shifted[:, 1], 0, hi_y),
+                        np.clip(shifted[:, 2], 0, hi_x), np.clip(shifted[:, 3], 0, hi_y)], 1)
+    w, h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+    area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
+    keep = (w >= min_side) & (h >= min_side) & (w * h >= min_inside * area - 1e-9)
+    return clipped[keep].astype(np.float32), labels[keep]
 
 
 # ----------------------------------------------------------------------------- masks and classes

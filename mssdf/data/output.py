@@ -1,6 +1,7 @@
 """Writing a prepared folder from loaded scenes (the layout is in :mod:`mssdf.data.prepare`).
 
-Scenes, tiles (one GeoTIFF per tile and key; ``boxes.json`` for detection), the tile
+Scenes, tiles (one GeoTIFF per tile and key; ``boxes.json`` for the detection tasks, objects
+from :func:`_tile_objects`), the tile
 index (:mod:`mssdf.data.index`, rows from :data:`mssdf.data.tasks.TASKS`), train-only
 band statistics, ``tasks.json``, the memory-mapped cache, README/LICENSE, and the
 summary returned to :func:`mssdf.data.prepare.prepare` (which writes it last).
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 # Scene arrays that get no band statistics (labels; the DTM is not tiled).
 NO_STATS = ("label", "change", "dtm")
+# Per-object cache stacks (row-aligned; one set of offsets for all: ``boxes_offsets.npy``).
+OBJECT_KEYS = ("boxes", "box_labels", "obb", "obb_polygons")
 
 
 def write_prepared(cfg: PrepareConfig, scenes: dict[str, list[Scene]], out: Path, raw: Path,
@@ -132,10 +135,17 @@ def _write_tile(cfg: PrepareConfig, sc: Scene, r: int, c: int, size: int, split:
     needs = tile_needs(source)
     extra: dict[str, Any] = {}
     if needs.boxes:
-        boxes = L.boxes_from_instances(inst, cfg.min_box_pixels)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "boxes.json", json.dumps({"boxes_xyxy": boxes.tolist(), "box_labels": [0] * len(boxes)}) + "\n")
-        extra.update(boxes=boxes, n_boxes=len(boxes))
+        objects = _tile_objects(cfg, sc, inst, r, c, size, needs.obb)
+        if objects is not None:  # boxes.json: boxes_xyxy, box_labels (and obb_cxcywha, obb_polygons)
+            folder.mkdir(parents=True, exist_ok=True)
+            record = {"boxes_xyxy": objects["boxes"].tolist(), "box_labels": objects["box_labels"].tolist()}
+            if needs.obb:
+                record.update(obb_cxcywha=objects["obb"].tolist(), obb_polygons=objects["obb_polygons"].tolist())
+            atomic_write_text(folder / "boxes.json", json.dumps(record) + "\n")
+            extra["n_boxes"] = len(objects["boxes"])
+        else:  # a scene without objects (an image without annotation): no rows of box tasks, empty cache entries
+            objects = _no_objects(needs.obb)
+        extra["objects"] = objects
     if needs.change:
         seed = cfg.seed * 1_000_003 + r * 10_007 + c
         filled = np.nan_to_num(tile["pan"], nan=0.0)
@@ -170,6 +180,8 @@ def _write_tile(cfg: PrepareConfig, sc: Scene, r: int, c: int, size: int, split:
         scene_class = extra.get("scene_class", -1) if spec.tile_class else -1
         if spec.tile_class and scene_class < 0:
             continue  # too few labelled pixels to name a tile class (counted in rows_per_task)
+        if "boxes" in spec.targets and "n_boxes" not in extra:
+            continue  # the scene has no objects to box (an image without annotation)
         rows.append({
             "task": task, "source": source, "scene": sc.name, "tile": name, "split": split, "row": r, "col": c,
             "size": size, "res_m": round(sc.res_m, 4), "nodata_frac": round(frac, 4),
@@ -182,9 +194,46 @@ def _write_tile(cfg: PrepareConfig, sc: Scene, r: int, c: int, size: int, split:
     cache.setdefault((source, split, "tiles"), []).append(name)
     for key, arr in tile.items():
         cache.setdefault((source, split, key), []).append(arr)
-    if "boxes" in extra:
-        cache.setdefault((source, split, "boxes"), []).append(extra["boxes"])
+    for key, arr in extra.get("objects", {}).items():  # ragged: every tile of the source, offsets in boxes_offsets.npy
+        cache.setdefault((source, split, key), []).append(arr)
     return rows
+
+
+def _no_objects(obb: bool) -> dict[str, np.ndarray]:
+    """The empty object arrays of a tile (:func:`_tile_objects`)."""
+    out = {"boxes": np.zeros((0, 4), np.float32), "box_labels": np.zeros(0, np.int64)}
+    if obb:
+        out.update(obb=np.zeros((0, 5), np.float32), obb_polygons=np.zeros((0, 4, 2), np.float32))
+    return out
+
+
+def _tile_objects(cfg: PrepareConfig, sc: Scene, inst: np.ndarray | None, r: int, c: int, size: int,
+                  obb: bool) -> dict[str, np.ndarray] | None:
+    """The tile's objects, row-aligned: ``boxes`` (K, 4) float32 xyxy tile pixels, ``box_labels``
+    (K,) int64 and, with ``obb``, ``obb`` (K, 5) ``cx, cy, w, h, theta`` and ``obb_polygons``
+    (K, 4, 2); None when the scene has neither annotated boxes nor instances.
+
+    * annotated boxes (``sc.boxes``, the NEON crowns): clipped to the tile, kept when at least
+      half their area lies inside and the clipped box is at least 1 px on each side
+      (:func:`mssdf.data.labels.boxes_in_window`);
+    * instances (the Atlanta footprints): one box per instance with at least
+      ``cfg.min_box_pixels`` pixels in the tile, class 0
+      (:func:`mssdf.data.labels.boxes_from_instances`), and its minimum-area rectangle
+      (:func:`mssdf.data.labels.oriented_boxes_from_instances`, same instances, same order).
+    """
+    if sc.boxes is not None:
+        if obb:
+            raise DataError(f"{', '.join(map(str, sc.files))}: a task of source {sc.source!r} asks for oriented boxes, "
+                            "but the scene has only annotated horizontal boxes")
+        boxes, labels = L.boxes_in_window(sc.boxes, sc.box_labels, r, c, size, extent=sc.valid.shape)
+        return {"boxes": boxes, "box_labels": labels}
+    if inst is None:
+        return None
+    boxes = L.boxes_from_instances(inst, cfg.min_box_pixels)
+    out = {"boxes": boxes, "box_labels": np.zeros(len(boxes), np.int64)}
+    if obb:
+        out["obb"], out["obb_polygons"] = L.oriented_boxes_from_instances(inst, cfg.min_box_pixels)
+    return out
 
 
 def _write_cache(out: Path, cache: dict) -> None:
@@ -194,10 +243,10 @@ def _write_cache(out: Path, cache: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         if key == "tiles":
             (folder / "tiles.json").write_text(json.dumps(arrays) + "\n")
-        elif key == "boxes":
-            offsets = np.cumsum([0] + [len(b) for b in arrays]).astype(np.int64)
-            np.save(folder / "boxes.npy", np.concatenate(arrays).astype(np.float32) if arrays else np.zeros((0, 4), np.float32))
-            np.save(folder / "boxes_offsets.npy", offsets)
+        elif key in OBJECT_KEYS:  # one row per object, tile i's rows at boxes_offsets[i]:boxes_offsets[i + 1]
+            np.save(folder / f"{key}.npy", np.concatenate(arrays))
+            if key == "boxes":
+                np.save(folder / "boxes_offsets.npy", np.cumsum([0] + [len(b) for b in arrays]).astype(np.int64))
         else:
             np.save(folder / f"{key}.npy", np.stack(arrays))
 

@@ -8,7 +8,11 @@ Sample dict (keys as in :mod:`mssdf.data.readers.base`):
     * ``valid`` (H, W) bool: every requested input has data there.
     * targets: ``label`` int64 (H, W) with 255 = ignore, or an int64 scalar for scene
       classes; ``height`` float32 (H, W) metres, NaN = no data; ``boxes`` float32 (K, 4)
-      xyxy pixels and ``box_labels`` int64 (K,).
+      xyxy pixels and ``box_labels`` int64 (K,) (the class ids of the task's ``classes``);
+      for tasks with ``obb`` among their targets (``detection``), ``obb`` float32 (K, 5)
+      ``cx, cy, w, h, theta``: each object's minimum-area rectangle, ``theta`` the angle of the
+      ``w`` side against the x axis (radians, x right / y down) in ``[-pi/4, pi/4)``. The three
+      are row-aligned: row ``k`` of each is the same object.
     * ``meta``: task, source, tile, split, label_kind ("real" / "synthetic" / "derived").
 
 Two back ends with identical output: ``"npy"`` reads the memory-mapped stacks in
@@ -50,6 +54,29 @@ def load_stats(root: str | Path, task: str) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text())[TASKS[task].source]
 
 
+def crop_objects(objects: dict[str, np.ndarray], row: int, col: int, size: int) -> dict[str, np.ndarray]:
+    """A tile's objects in its ``size`` crop at ``(row, col)`` (the :class:`SampleTiles` crop rule).
+
+    Args:
+        objects: row-aligned ``boxes`` (K, 4) xyxy tile pixels, ``box_labels`` (K,), and
+            optionally ``obb`` (K, 5) ``cx, cy, w, h, theta``.
+
+    Returns:
+        the same keys, row-aligned, in crop pixels: ``boxes`` shifted and clipped to the crop,
+        an object dropped when its clipped box has no area or - with ``obb`` - when its
+        oriented box's centre leaves the crop (``0 <= cx < size`` and ``0 <= cy < size``); the
+        oriented boxes kept are shifted, not clipped.
+    """
+    boxes = np.clip(objects["boxes"] - np.array([col, row, col, row], np.float32), 0, size)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    out = {**objects, "boxes": boxes}
+    if "obb" in objects:
+        obb = objects["obb"] - np.array([col, row, 0, 0, 0], np.float32)
+        keep &= (obb[:, 0] >= 0) & (obb[:, 0] < size) & (obb[:, 1] >= 0) & (obb[:, 1] < size)
+        out["obb"] = obb
+    return {k: v[keep] for k, v in out.items()}
+
+
 class SampleTiles(Dataset):
     """Tiles of one task and split of the prepared sample.
 
@@ -60,7 +87,12 @@ class SampleTiles(Dataset):
         modalities: input keys to return (default: the task's inputs). ``dsm`` for the
             lidar sources is the absolute DSM unless ``dsm_source="ndsm"``.
         crop: side of a crop to return (None = whole tile); random position when
-            ``random_crop`` (pre-training windows), else centred. The random position of
+            ``random_crop`` (pre-training windows), else centred. Objects of a crop: the
+            horizontal boxes are shifted and clipped to it and dropped when no area is left;
+            for tasks with ``obb``, an object is also dropped when its oriented box's centre
+            leaves the crop (``0 <= cx < crop``, ``0 <= cy < crop``), and the oriented boxes
+            kept are shifted, not clipped (they may reach past the crop); ``boxes``, ``obb``
+            and ``box_labels`` stay row-aligned (:func:`crop_objects`). The random position of
             sample ``i`` at epoch ``e`` is a function of ``(seed, e, i)`` only
             (:meth:`crop_rng`): DataLoader workers draw different crops, and a resumed run
             (same seed, :meth:`set_epoch`) draws the same ones again.
@@ -123,7 +155,7 @@ class SampleTiles(Dataset):
             raise SampleArgumentError(f"crop {crop} is larger than the tiles ({self.rows[0]['size']} px) of task {task!r}")
         self._mm: dict[str, np.ndarray] = {}
         self._pos: list[int] = []
-        self._boxes: tuple[np.ndarray, np.ndarray] | None = None
+        self._objects: dict[str, np.ndarray] = {}
         if backend == "npy" and self.rows:
             cache = self.root / "cache" / self.spec.source / split
             if not (cache / "tiles.json").is_file():
@@ -170,15 +202,28 @@ class SampleTiles(Dataset):
         rel = self.rows[i]["files"][self._file_of(key)]
         return read_raster(self.root / rel, dtype=np.float32 if key not in ("label",) else np.uint8)
 
-    def _boxes_of(self, i: int) -> np.ndarray:
+    def _objects_of(self, i: int) -> dict[str, np.ndarray]:
+        """Tile ``i``'s objects: ``boxes`` (K, 4), ``box_labels`` (K,) and, for tasks with
+        ``obb`` among their targets, ``obb`` (K, 5); from the cache or ``boxes.json``."""
+        keys = {"boxes": ("boxes_xyxy", np.float32, (4,)), "box_labels": ("box_labels", np.int64, ())}
+        if "obb" in self.spec.targets:
+            keys["obb"] = ("obb_cxcywha", np.float32, (5,))
         if self.backend == "npy":
-            if self._boxes is None:
-                self._boxes = (np.load(self._cache / "boxes.npy"), np.load(self._cache / "boxes_offsets.npy"))
-            boxes, off = self._boxes
             p = self._pos[i]
-            return np.array(boxes[off[p] : off[p + 1]], np.float32)
-        data = json.loads((self.root / self.rows[i]["files"]["boxes"]).read_text())
-        return np.asarray(data["boxes_xyxy"], np.float32).reshape(-1, 4)
+            for key in ("boxes_offsets", *keys):
+                if key not in self._objects:
+                    path = self._cache / f"{key}.npy"
+                    if not path.is_file():
+                        raise DataError(f"{path}: missing cache file (prepared by an older version? run the preparation again)")
+                    self._objects[key] = np.load(path)
+            off = self._objects["boxes_offsets"]
+            return {k: np.array(self._objects[k][off[p] : off[p + 1]], dtype) for k, (_, dtype, _) in keys.items()}
+        path = self.root / self.rows[i]["files"]["boxes"]
+        data = json.loads(path.read_text())
+        missing = [name for name, _, _ in keys.values() if name not in data]
+        if missing:
+            raise DataError(f"{path}: no {', '.join(missing)} (prepared by an older version? run the preparation again)")
+        return {k: np.asarray(data[name], dtype).reshape(-1, *shape) for k, (name, dtype, shape) in keys.items()}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.get(i)
@@ -224,13 +269,13 @@ class SampleTiles(Dataset):
         if "height" in targets:
             sample["height"] = torch.from_numpy(np.array(self._read(i, "height")[0][win[1:]], dtype=np.float32))
         if "boxes" in targets:
-            boxes = self._boxes_of(i)
-            if c < size:  # clip to the crop, drop boxes left with no area
-                boxes = boxes - np.array([c0, r0, c0, r0], np.float32)
-                boxes = np.clip(boxes, 0, c)
-                boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-            sample["boxes"] = torch.from_numpy(boxes.astype(np.float32))
-            sample["box_labels"] = torch.zeros(len(boxes), dtype=torch.int64)
+            objects = self._objects_of(i)
+            if c < size:
+                objects = crop_objects(objects, r0, c0, c)
+            sample["boxes"] = torch.from_numpy(objects["boxes"].astype(np.float32))
+            sample["box_labels"] = torch.from_numpy(objects["box_labels"].astype(np.int64))
+            if "obb" in objects:
+                sample["obb"] = torch.from_numpy(objects["obb"].astype(np.float32))
         sample["meta"] = {"task": self.task, "source": row["source"], "tile": row["tile"], "split": self.split,
                           "label_kind": row["label_kind"], "row": row["row"] + r0, "col": row["col"] + c0}
         return self.transform(sample) if self.transform is not None else sample
@@ -245,4 +290,4 @@ class SampleTiles(Dataset):
         return f"SampleTiles(task={self.task!r}, split={self.split!r}, n={len(self)}, modalities={self.modalities}, backend={self.backend!r})"
 
 
-__all__ = ["SampleTiles", "SampleArgumentError", "load_stats", "INPUT_KEYS"]
+__all__ = ["SampleTiles", "SampleArgumentError", "crop_objects", "load_stats", "INPUT_KEYS"]

@@ -68,6 +68,8 @@ class Scene:
     instances: np.ndarray | None = None  # (H, W) int32 object ids (Atlanta buildings)
     files: tuple[Path, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
+    boxes: np.ndarray | None = None  # (K, 4) float64 annotated boxes x0, y0, x1, y1 in scene pixels (NEON crowns)
+    box_labels: np.ndarray | None = None  # (K,) int64 their class ids
 
 
 class Loader(Protocol):
@@ -319,9 +321,40 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable PNG ({err})") from err
 
 
+def neon_annotations(paths: tuple[Path, ...]) -> dict[Path, L.VocBoxes]:
+    """The tree-crown boxes of the NEON images: every ``*.xml`` beside them (Pascal VOC,
+    :func:`mssdf.data.labels.read_voc`), keyed by the image it names.
+
+    Raises:
+        DataError: naming the XML: unreadable or malformed (see ``read_voc``), an annotation
+            without its image (``<filename>`` names no file beside it), an image that is not
+            one of the source's, a second annotation of one image, an unknown class name
+            (:data:`mssdf.data.labels.TREE_NAMES`).
+    """
+    folder = paths[0].parent
+    images = {p.name: p for p in paths}
+    out: dict[Path, L.VocBoxes] = {}
+    for xml in sorted(folder.glob("*.xml")):
+        ann = L.read_voc(xml)
+        if not (folder / ann.filename).is_file():
+            raise DataError(f"{xml}: an annotation without its image: <filename> {ann.filename!r} is not in {folder}")
+        if ann.filename not in images:
+            raise DataError(f"{xml}: annotates {ann.filename!r}, which is not one of the neon source's images "
+                            f"({', '.join(images)})")
+        image = images[ann.filename]
+        if image in out:
+            raise DataError(f"{xml}: a second annotation of {ann.filename} (the first is {out[image].path.name})")
+        ann.labels(L.TREE_NAMES)
+        out[image] = ann
+    return out
+
+
 def check_neon(paths: tuple[Path, ...]) -> None:
+    annotations = neon_annotations(paths)
     for p in paths:
-        _read_rgb(p)  # full decode: truncated files fail here, before any work
+        rgb = _read_rgb(p)  # full decode: truncated files fail here, before any work
+        if p in annotations:
+            annotations[p].check_inside(rgb.shape[2], rgb.shape[1], p)
 
 
 def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
@@ -340,25 +373,41 @@ def validate_neon(s: SourceSettings, path: str) -> None:
 
 
 def load_neon(paths: tuple[Path, ...], s: SourceSettings, *, max_hole_px: int) -> list[Scene]:
-    """NEON airborne RGB (0.1 m; deepforest 2.1.0) → rgb at ``res`` m by block means.
+    """NEON airborne RGB (0.1 m; deepforest 2.1.0) → rgb at ``res`` m by block means, with
+    the image's tree-crown boxes (:func:`neon_annotations`) when it has an annotation.
 
     OSBS_029.tif is georeferenced (UTM); the PNG crops are not, and keep a pixel grid
     with no CRS (their tiles carry no map position: no other source overlaps them).
+
+    Boxes: the XML coordinates are pixel edges of the native image (0-based, ``xmax`` /
+    ``ymax`` exclusive, as deepforest reads them). Both kinds of grid start at the native
+    image's top-left corner and resampled pixel ``j`` covers native pixels ``[j f, (j + 1) f)``
+    (``f = res / 0.1``; OSBS_029's transform is its native one scaled by ``f``), so a native
+    coordinate ``x`` is ``x / f`` scene pixels. Class ids: :data:`mssdf.data.labels.TREE_NAMES`.
     """
     factor = round(s.res / NEON_RES)  # a whole number (validate_neon)
     from rasterio.transform import Affine
 
+    annotations = neon_annotations(paths)
     scenes = []
     for p in paths:
         info = raster_info(p, expected_bands=3)
-        rgb = block_mean(_read_rgb(p), factor).astype(np.float32)
+        native = _read_rgb(p)
+        rgb = block_mean(native, factor).astype(np.float32)
         if info.crs is not None:
             transform = Affine(*info.transform) @ Affine.scale(factor)
         else:
             transform = Affine(s.res, 0.0, 0.0, 0.0, -s.res, 0.0)
         name = "neon_" + p.stem.lower().replace("2019_", "").replace("_image", "")
+        notes = {"native_res_m": NEON_RES, "factor": factor, "georeferenced": info.crs is not None}
+        boxes = labels = None
+        ann = annotations.get(p)
+        if ann is not None:
+            ann.check_inside(native.shape[2], native.shape[1], p)
+            boxes, labels = ann.boxes / factor, ann.labels(L.TREE_NAMES)
+            notes.update(annotation=ann.path.name, tree_boxes={c: int((labels == i).sum()) for i, c in enumerate(L.TREE_CLASSES)})
         scenes.append(Scene("neon", name, info.crs, transform, s.res, {"rgb": rgb}, np.all(np.isfinite(rgb), 0),
-                            files=(p,), notes={"native_res_m": NEON_RES, "factor": factor, "georeferenced": info.crs is not None}))
+                            files=(p,) if ann is None else (p, ann.path), notes=notes, boxes=boxes, box_labels=labels))
     return scenes
 
 

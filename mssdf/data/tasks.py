@@ -28,7 +28,9 @@ class TaskSpec:
         classes, description: class names; what the task is.
         target_files: ``(target key, file in the tile folder)`` pairs, e.g. ``("height",
             "ndsm.tif")``; a task with ``pan_t2`` among its inputs gets the synthetic change
-            pair, a task with ``boxes`` among its targets the ``n_boxes`` index column.
+            pair, a task with ``boxes`` among its targets the ``n_boxes`` index column and the
+            tile's objects (``boxes``, ``box_labels``; with ``obb`` among them too, the
+            oriented boxes: the source's scenes must hold instances).
         tile_class: rule of a per-tile class label (index column ``scene_class``, no file):
             ``building_fraction`` (bins of the footprint fraction) or ``dominant_class``
             (most frequent label class); tiles without a class get no row.
@@ -75,8 +77,15 @@ TASKS: dict[str, TaskSpec] = {
                               target_files=(("label", "label.tif"),)),
     "seg_roads": TaskSpec("lasvegas", ("pan",), ("label",), "real", ("background", "road"), "SpaceNet 3 road mask",
                           target_files=(("label", "label.tif"),)),
-    "detection": TaskSpec("atlanta", ("pan",), ("boxes", "box_labels"), "real", ("building",), "building boxes",
+    "detection": TaskSpec("atlanta", ("pan",), ("boxes", "box_labels", "obb"), "real", ("building",),
+                          "SpaceNet 4 building boxes: horizontal, and oriented (each footprint's minimum-area rectangle)",
                           target_files=(("boxes", "boxes.json"),)),
+    "detection_trees": TaskSpec(
+        "neon", ("rgb",), ("boxes", "box_labels"), "real", L.TREE_CLASSES,
+        "deepforest NEON tree crowns: the 951 boxes annotated by the DeepForest authors (VOC XML of deepforest "
+        "2.1.0; Tree/Alive -> tree, Dead -> dead tree), scaled to the resampled grid, clipped to each tile "
+        "(kept where at least half the box lies inside)", target_files=(("boxes", "boxes.json"),),
+    ),
     "change": TaskSpec(
         "atlanta", ("pan", "pan_t2"), ("label",), "synthetic", ("unchanged", "changed"),
         "SYNTHETIC: buildings removed/pasted/shifted in real tiles; the after-image also carries acquisition "
@@ -110,6 +119,7 @@ class TileNeeds:
     """What a source's tasks need computed per tile besides its files."""
 
     boxes: bool  # some task has ``boxes`` among its targets
+    obb: bool  # some task has ``obb`` (oriented boxes) among its targets
     change: bool  # some task has the synthetic ``pan_t2`` among its inputs
     tile_classes: frozenset[str]  # the tile-class rules of its tasks
 
@@ -117,7 +127,8 @@ class TileNeeds:
 def tile_needs(source: str) -> TileNeeds:
     """Per-tile work that ``source``'s tasks ask for (from :data:`TASKS`)."""
     specs = [TASKS[t] for t in source_tasks(source)]
-    return TileNeeds(any("boxes" in s.targets for s in specs), any("pan_t2" in s.inputs for s in specs),
+    return TileNeeds(any("boxes" in s.targets for s in specs), any("obb" in s.targets for s in specs),
+                     any("pan_t2" in s.inputs for s in specs),
                      frozenset(s.tile_class for s in specs if s.tile_class))
 
 

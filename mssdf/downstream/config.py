@@ -28,7 +28,7 @@ from typing import Any, Literal, Mapping
 from mssdf.config import ConfigError, deep_merge, from_dict, to_dict
 from mssdf.downstream.backbone import BackboneConfig
 
-Task = Literal["segmentation", "height", "classification", "change"]
+Task = Literal["segmentation", "height", "classification", "change", "detection"]
 #: Suffix of the second date's keys in a change model's input dict: ``{"rgb": t1, "rgb_t2": t2}``
 #: (the sample's ``pan`` / ``pan_t2`` convention; the SECOND reader's ``t1`` / ``t2`` dicts are flattened to it).
 SECOND_DATE = "_t2"
@@ -147,6 +147,12 @@ class FinetuneConfig:
     knn_k: int = 20  # knn: neighbours voting (cosine similarity, DINO's weighted vote)
     knn_temperature: float = 0.07  # knn: vote weight exp(similarity / T)
     change_fusion: Literal["absdiff", "concat"] = "absdiff"  # change: per-level |f1 - f2| (date-symmetric) or [f1, f2] + 1x1 conv
+    box_type: Literal["hbb", "obb"] = "hbb"  # detection: horizontal boxes, or oriented boxes (cx, cy, w, h, angle)
+    num_convs: int = 2  # detection: conv layers of each FCOS tower
+    score_threshold: float = 0.05  # detection decoding: candidates below are dropped
+    nms_iou: float = 0.6  # detection decoding: class-aware NMS threshold (IoU above suppresses)
+    pre_nms: int = 1000  # detection decoding: candidates per level before NMS
+    max_detections: int = 100  # detection decoding: per image
     steps: int = 100
     batch_size: int = 8  # per process
     eval_every: int = 50  # steps between validations (model selection); the last step always validates
@@ -182,6 +188,15 @@ class FinetuneConfig:
             raise ConfigError("mixup, cutmix: alphas must be >= 0; knn_temperature: > 0")
         if (self.mixup or self.cutmix) and self.batch_size % 2:
             raise ConfigError(f"batch_size: mixup/cutmix pair the images of a batch, it must be even (got {self.batch_size})")
+        if self.task == "detection":
+            if self.mode != "finetune" and self.mode != "linear":
+                raise ConfigError(f"mode: {self.mode!r} is a classification protocol (task is 'detection')")
+            if self.data.crop is not None:
+                raise ConfigError("data.crop: detection trains on whole samples (paper datasets are cut by their readers: "
+                                  "data.role_args.<role>.crop_size)")
+            if not 0.0 < self.nms_iou <= 1.0 or not 0.0 <= self.score_threshold < 1.0 or self.pre_nms < 1 \
+                    or self.max_detections < 1 or self.num_convs < 1:
+                raise ConfigError("nms_iou: (0, 1]; score_threshold: [0, 1); pre_nms, max_detections, num_convs: >= 1")
         if self.task != "classification":
             if self.mode == "knn":
                 raise ConfigError(f"mode: 'knn' is a classification protocol (task is {self.task!r})")
@@ -206,7 +221,9 @@ class FinetuneConfig:
             raise ConfigError(f"data.task: {name!r} has no tile class (task is 'classification'; e.g. 'scene')")
         if self.task == "change" and not any(f"{m}_t2" in spec.inputs for m in spec.inputs):
             raise ConfigError(f"data.task: {name!r} has no second date (task is 'change'; e.g. 'change')")
-        if self.task in ("segmentation", "classification", "change") and self.num_classes is not None \
+        if self.task == "detection" and "boxes" not in spec.targets:
+            raise ConfigError(f"data.task: {name!r} has no boxes (task is 'detection'; e.g. 'detection')")
+        if self.task in ("segmentation", "classification", "change", "detection") and self.num_classes is not None \
                 and self.num_classes != len(spec.classes):
             raise ConfigError(f"num_classes: {self.num_classes} disagrees with the {len(spec.classes)} classes "
                               f"of {name!r} {list(spec.classes)}")
@@ -227,6 +244,7 @@ SELECT_METRICS: dict[str, dict[str, bool]] = {
     "height": {"rmse_m": False, "mae_m": False, "rmse_norm": False},
     "classification": {"overall_accuracy": True, "f1": True},
     "change": {"change_iou": True, "change_f1": True, "miou": True, "overall_accuracy": True},
+    "detection": {"map_50": True, "map": True},
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -252,6 +270,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 TASK_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "classification": {"batch_size": 16, "optim": {"lr": 1e-3, "layer_decay": 0.75, "warmup_steps": 5}},
+        # 64 px tiles hold a handful of objects: 100 candidates per level before NMS are plenty
+        "detection": {"pre_nms": 100, "head_channels": 32},
     },
     # MAE's fine-tuning recipe (the authors' classification configs cannot be run: method.md)
     # at 224 px and batch 64: lr = 5e-4 · 64 / 256, layer decay 0.65, weight decay 0.05,
@@ -266,6 +286,13 @@ TASK_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                       "schedule": "cosine", "min_lr": 1e-6},
             "batch_size": 64, "eval_batch_size": 64, "label_smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0,
             "select_best": False, "head_channels": 64,
+        },
+        # the issue's detection recipe: AdamW 1e-4, layer decay 0.75, 12 epochs (the presets' steps), batch 8;
+        # FCOS head 256 wide with 4 convs per tower (the FCOS paper's)
+        "detection": {
+            "data": {"crop": None, "eval_window": None},
+            "optim": {"lr": 1e-4, "layer_decay": 0.75, "weight_decay": 0.05, "warmup_steps": 500, "schedule": "cosine"},
+            "batch_size": 8, "eval_batch_size": 8, "head_channels": 256, "num_convs": 4,
         },
     },
 }
@@ -313,6 +340,22 @@ def _paper_datasets() -> dict[str, dict[str, Any]]:
         "aid_50": _scene_preset("aid", 0.5, 5000),
         "nwpu_10": _scene_preset("nwpu_resisc45", 0.1, 3150),
         "nwpu_20": _scene_preset("nwpu_resisc45", 0.2, 6300),
+        # DIOR (horizontal boxes, 20 classes, 800 px): 12 epochs of the train list (5,862 images) at batch 8,
+        # selection on val, test on the official test list
+        "dior": {"task": "detection", "box_type": "hbb", "backbone": {"modalities": ["rgb"]},
+                 "steps": 8800, "eval_every": 2200,
+                 "data": {"kind": "reader", "reader": "dior", "root": "data/paper/dior", "crop": None, "eval_window": None,
+                          "splits": {"train": "train", "val": "val", "test": "test"}}},
+        # DOTA v1.0 (oriented boxes, 15 classes): train on 1024 px crops every 824 px (gap 200; objects kept with
+        # >= 70 % of their area inside), about 15,700 crops -> 12 epochs at batch 8 = 23,600 steps; the val images
+        # (the test labels are not public) evaluated whole: 1024 px windows overlapping by 200 px, detections
+        # merged by rotated NMS; no separate selection split: the last weights are tested
+        "dota": {"task": "detection", "box_type": "obb", "backbone": {"modalities": ["rgb"]}, "max_detections": 2000,
+                 "nms_iou": 0.1, "steps": 23600, "eval_every": 23600, "select_best": False,
+                 "data": {"kind": "reader", "reader": "dota", "root": "data/paper/dota", "crop": None, "eval_window": 1024,
+                          "eval_overlap": 200 / 1024, "splits": {"train": "train", "val": "val", "test": "val"},
+                          "reader_args": {"version": "1.0"},
+                          "role_args": {"train": {"crop_size": 1024, "gap": 200, "min_visible": 0.7}}}},
         # SECOND, binary change = label != unchanged; seeded 4:1 split of the public pairs (the paper's split is not
         # published), 10 % of the train pairs held out for selection (same seed); whole 512 px pairs
         "second": {"task": "change", "backbone": {"modalities": ["rgb"]}, "data": {

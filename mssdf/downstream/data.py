@@ -84,10 +84,10 @@ class TaskDataset(Dataset):
 
     def __init__(self, base: Dataset, modalities: Sequence[str], target: str, stats: Stats, *, crop: int | None = None,
                  flip: bool = False, seed: int = 0, train: bool = False, indices: Sequence[int] | None = None,
-                 resize: int | None = None) -> None:
+                 resize: int | None = None, box_type: str = "hbb") -> None:
         self.base, self.modalities, self.target = base, tuple(modalities), target
         self.stats, self.crop, self.flip, self.seed, self.train = stats, crop, flip, seed, train
-        self.resize = resize
+        self.resize, self.box_type = resize, box_type
         self.indices = list(range(len(base))) if indices is None else list(indices)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
@@ -96,7 +96,7 @@ class TaskDataset(Dataset):
     def plain(self) -> "TaskDataset":
         """The same items without augmentation (keyed by index): what frozen-feature probes read."""
         return TaskDataset(self.base, self.modalities, self.target, self.stats, seed=self.seed, indices=self.indices,
-                           resize=self.resize)
+                           resize=self.resize, box_type=self.box_type)
 
     def raw(self, index: int) -> dict[str, Any]:
         """The base sample behind item ``index`` (no standardisation, no augmentation)."""
@@ -116,17 +116,25 @@ class TaskDataset(Dataset):
                 x = F.interpolate(x[None], size=(self.resize, self.resize), mode="bilinear", align_corners=False,
                                   antialias=True)[0]
             images[m] = x
-        target = torch.as_tensor(sample[self.target])
-        target = target.long() if self.target == "label" else target.float()
+        if self.target == "boxes":  # horizontal boxes partly outside the image are clipped to it (documented)
+            target: Any = box_target(sample, self.box_type)
+            if target["boxes"].shape[-1] == 4 and len(target["boxes"]):
+                h, w = next(iter(images.values())).shape[-2:]
+                b = target["boxes"]
+                target["boxes"] = torch.stack([b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], -1)
+        else:
+            target = torch.as_tensor(sample[self.target])
+            target = target.long() if self.target == "label" else target.float()
         if self.train:
             images, target = self._augment(images, target, epoch, index)
         return {"images": images, "target": target}
 
-    def _augment(self, images: dict[str, Tensor], target: Tensor, epoch: int, index: int) -> tuple[dict[str, Tensor], Tensor]:
+    def _augment(self, images: dict[str, Tensor], target: Any, epoch: int, index: int) -> tuple[dict[str, Tensor], Any]:
         rng = np.random.default_rng([self.seed, int(epoch), int(index), 0xF17E])
-        dense = target.dim() >= 2  # a per-pixel target moves with the image; a class label does not
+        boxes = isinstance(target, dict)  # detection: the boxes move with the image
+        dense = not boxes and target.dim() >= 2  # a per-pixel target moves with the image; a class label does not
         h, w = next(iter(images.values())).shape[-2:]
-        if self.crop is not None and (self.crop < h or self.crop < w):
+        if self.crop is not None and (self.crop < h or self.crop < w) and not boxes:
             c = self.crop
             if c > h or c > w:
                 raise DataError(f"data.crop: {c} is larger than a {h}x{w} sample")
@@ -138,8 +146,12 @@ class TaskDataset(Dataset):
             def op(x: Tensor) -> Tensor:
                 x = torch.rot90(x, k, dims=(-2, -1))
                 return torch.flip(x, dims=(-1,)) if flip else x
+            if boxes:
+                from mssdf.downstream.detection.boxes import rot90_flip_boxes
+
+                target = {**target, "boxes": rot90_flip_boxes(target["boxes"], k, flip, h, w)}
             images, target = {m: op(x) for m, x in images.items()}, (op(target) if dense else target)
-        return {m: x.contiguous() for m, x in images.items()}, target.contiguous()
+        return {m: x.contiguous() for m, x in images.items()}, (target if boxes else target.contiguous())
 
 
 def input_of(sample: Mapping[str, Any], key: str) -> Any:
@@ -163,10 +175,39 @@ def input_keys(cfg: FinetuneConfig) -> tuple[str, ...]:
     return mods + tuple(m + SECOND_DATE for m in mods) if cfg.task == "change" else mods
 
 
+def box_target(sample: Mapping[str, Any], box_type: str) -> dict[str, Tensor]:
+    """Detection target of a sample: ``{"boxes": (K, 4) xyxy | (K, 5) OBB, "labels": (K,), "difficult": (K,)}``.
+
+    ``box_type: obb`` reads the sample's ``obb`` (K, 5) when it has one, converts DOTA-style
+    polygons ``(K, 8)`` to their minimum-area rectangles, and horizontal boxes to rectangles
+    at angle 0; ``hbb`` takes ``boxes`` (K, 4), or the enclosing boxes of polygons / OBBs.
+    """
+    from mssdf.downstream.detection.boxes import obb_to_poly, poly_bounds, poly_to_obb
+
+    raw = torch.as_tensor(sample["obb"] if box_type == "obb" and "obb" in sample else sample["boxes"]).float()
+    if raw.ndim == 1:
+        raw = raw.reshape(0, 4) if raw.numel() == 0 else raw[None]
+    if box_type == "obb":
+        if raw.shape[-1] == 8:
+            raw = poly_to_obb(raw.reshape(-1, 4, 2))
+        elif raw.shape[-1] == 4:
+            raw = torch.stack([(raw[:, 0] + raw[:, 2]) / 2, (raw[:, 1] + raw[:, 3]) / 2, raw[:, 2] - raw[:, 0],
+                               raw[:, 3] - raw[:, 1], torch.zeros(len(raw))], -1)
+    elif raw.shape[-1] == 8:
+        raw = poly_bounds(raw.reshape(-1, 4, 2))
+    elif raw.shape[-1] == 5:
+        raw = poly_bounds(obb_to_poly(raw))
+    labels = torch.as_tensor(sample["box_labels"]).long().reshape(-1)
+    difficult = torch.as_tensor(sample.get("difficult", torch.zeros(len(labels)))).long().reshape(-1)
+    return {"boxes": raw, "labels": labels, "difficult": difficult}
+
+
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """``[{"images": {m: (C,H,W)}, "target": T}]`` → ``{"images": {m: (B,C,H,W)}, "target": (B, ...)}``."""
+    """``[{"images": {m: (C,H,W)}, "target": T}]`` → ``{"images": {m: (B,C,H,W)}, "target": (B, ...)}``
+    (detection: the list of per-image target dicts)."""
+    first = items[0]["target"]
     return {"images": {m: torch.stack([it["images"][m] for it in items]) for m in items[0]["images"]},
-            "target": torch.stack([it["target"] for it in items])}
+            "target": [it["target"] for it in items] if isinstance(first, dict) else torch.stack([it["target"] for it in items])}
 
 
 # ----------------------------------------------------------------------------- building
@@ -177,7 +218,7 @@ def build_task_data(cfg: FinetuneConfig, wants_normalized: Mapping[str, bool], r
         wants_normalized: per input modality, whether the backbone needs standardised inputs
             (:meth:`mssdf.downstream.backbone.ViTBackbone.wants_normalized`).
     """
-    target = "height" if cfg.task == "height" else "label"
+    target = {"height": "height", "detection": "boxes"}.get(cfg.task, "label")
     modalities = input_keys(cfg)
     if cfg.data.kind == "sample":
         bases, classes, stats, desc, kind = _sample_bases(cfg, root)
@@ -195,9 +236,9 @@ def build_task_data(cfg: FinetuneConfig, wants_normalized: Mapping[str, bool], r
         train_idx = sorted(torch.randperm(len(train_idx), generator=g)[:keep].tolist())
     data = TaskData(
         train=TaskDataset(bases["train"], modalities, target, stats, crop=cfg.data.crop, flip=cfg.data.flip, seed=cfg.seed,
-                          train=True, indices=train_idx, resize=cfg.data.resize),
-        val=TaskDataset(bases["val"], modalities, target, stats, resize=cfg.data.resize),
-        test=TaskDataset(bases["test"], modalities, target, stats, resize=cfg.data.resize),
+                          train=True, indices=train_idx, resize=cfg.data.resize, box_type=cfg.box_type),
+        val=TaskDataset(bases["val"], modalities, target, stats, resize=cfg.data.resize, box_type=cfg.box_type),
+        test=TaskDataset(bases["test"], modalities, target, stats, resize=cfg.data.resize, box_type=cfg.box_type),
         classes=tuple(classes), stats=stats, description=desc, label_kind=kind,
     )
     for role in ROLES:
@@ -253,7 +294,7 @@ def _reader_bases(cfg: FinetuneConfig, root: str | Path | None, target: str) -> 
     train = bases["train"]
     if len(train) == 0:
         raise DataError(f"data.root: {folder}: the {cfg.data.reader!r} reader found no train samples")
-    classes = (tuple(getattr(train, "classes", None) or getattr(train, "CLASSES", ()) or ())) if target == "label" else ()
+    classes = (tuple(getattr(train, "classes", None) or getattr(train, "CLASSES", ()) or ())) if target in ("label", "boxes") else ()
     picks = torch.linspace(0, len(train) - 1, min(cfg.data.stats_samples, len(train))).round().long().unique()
     samples = [train[int(i)] for i in picks]
     stats = {}
@@ -301,6 +342,10 @@ def check_targets(data: TaskData, task: str, num_classes: int, limit: int | None
                     if first.shape != x.shape:
                         raise DataError(f"{where}: the two dates differ in size: {m.removesuffix(SECOND_DATE)!r} "
                                         f"{tuple(first.shape)} vs {m!r} {tuple(x.shape)}")
+            if task == "detection":
+                h, w = torch.as_tensor(input_of(sample, ds.modalities[0])).shape[-2:]
+                check_boxes(box_target(sample, ds.box_type), num_classes, (int(h), int(w)), where)
+                continue
             target = torch.as_tensor(sample[ds.target])
             check_target(target, task, num_classes, where)
             if role == "train" and task == "classification":
@@ -308,6 +353,41 @@ def check_targets(data: TaskData, task: str, num_classes: int, limit: int | None
     if task == "classification" and limit is None and len(train_classes) < num_classes:
         absent = [data.classes[k] if k < len(data.classes) else str(k) for k in range(num_classes) if k not in train_classes]
         raise DataError(f"data.splits.train: no training sample of class(es) {absent} ({data.description})")
+
+
+def check_boxes(target: Mapping[str, Tensor], num_classes: int, size: tuple[int, int], where: str) -> None:
+    """A detection target: finite coordinates, labels in ``[0, K)``, every box with area and at
+    least partly inside the ``(h, w)`` image (a horizontal box's outside part is clipped; an
+    oriented box may stick out: a rotated rectangle around an object at the border, or an
+    object cut by a crop).
+
+    Raises:
+        DataError: naming ``where`` (the sample's tile or file), the box and its coordinates.
+    """
+    boxes, labels = target["boxes"], target["labels"]
+    h, w = size
+    if len(boxes) != len(labels):
+        raise DataError(f"{where}: {len(boxes)} boxes but {len(labels)} labels")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        raise DataError(f"{where}: box labels {sorted(set(bad.tolist()))} outside the {num_classes} classes [0, {num_classes - 1}]")
+    if not torch.isfinite(boxes).all():
+        raise DataError(f"{where}: non-finite box coordinates")
+    if boxes.shape[-1] == 4:
+        checks = (((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]), "is degenerate (zero area; x1 < x2 and y1 < y2 needed)"),
+                  ((boxes[:, 2] <= 0) | (boxes[:, 3] <= 0) | (boxes[:, 0] >= w) | (boxes[:, 1] >= h), f"lies outside the {w}x{h} image"))
+    else:
+        from mssdf.downstream.detection.boxes import obb_to_poly, poly_bounds
+
+        b = poly_bounds(obb_to_poly(boxes)) if len(boxes) else boxes.reshape(0, 4)
+        checks = (((boxes[:, 2] <= 0) | (boxes[:, 3] <= 0), "is degenerate (width and height > 0 needed)"),
+                  ((b[:, 2] <= 0) | (b[:, 3] <= 0) | (b[:, 0] >= w) | (b[:, 1] >= h), f"lies outside the {w}x{h} image"))
+    for bad_box, what in checks:
+        if bad_box.any():
+            k = int(bad_box.nonzero()[0])
+            kind = "box" if boxes.shape[-1] == 4 else "oriented box"
+            raise DataError(f"{where}: {kind} {k} {[round(float(v), 2) for v in boxes[k]]} {what}"
+                            + (f" ({int(bad_box.sum())} such boxes)" if int(bad_box.sum()) > 1 else ""))
 
 
 def check_target(target: Tensor, task: str, num_classes: int, where: str, allow_empty: bool = False) -> None:
@@ -336,4 +416,4 @@ def _where(sample: Mapping[str, Any], role: str, index: int) -> str:
     return f"{role} sample {index}" + (f" ({name})" if name else "")
 
 
-__all__ = ["TaskData", "TaskDataset", "collate", "input_of", "input_keys", "build_task_data", "check_targets", "check_target"]
+__all__ = ["TaskData", "TaskDataset", "collate", "input_of", "input_keys", "box_target", "check_boxes", "build_task_data", "check_targets", "check_target"]

@@ -52,7 +52,7 @@ from mssdf.data.io import IGNORE_INDEX
 from mssdf.downstream.backbone import build_backbone, describe_init
 from mssdf.downstream.classification import build_mixer, mix_batch, soft_cross_entropy
 from mssdf.downstream.config import DENSE_CLASS_TASKS, FinetuneConfig
-from mssdf.downstream.data import TaskData, build_task_data, check_target, check_targets, collate
+from mssdf.downstream.data import TaskData, build_task_data, check_boxes, check_target, check_targets, collate
 from mssdf.downstream.heads import (build_change_model, build_classification_model, build_height_model,
                                     build_segmentation_model)
 from mssdf.downstream.inference import sliding_window
@@ -99,6 +99,10 @@ def build_model(cfg: FinetuneConfig, num_classes: int, root: str | Path | None =
         model = build_change_model(backbone, fusion=cfg.change_fusion, aux=cfg.aux_weight > 0, channels=cfg.head_channels)
     elif cfg.task == "classification":
         model = build_classification_model(backbone, num_classes, pool=cfg.pool, probe=cfg.mode == "linear")
+    elif cfg.task == "detection":
+        from mssdf.downstream.detection.fcos import DetectionModel
+
+        model = DetectionModel(backbone, num_classes, channels=cfg.head_channels, num_convs=cfg.num_convs, obb=cfg.box_type == "obb")
     else:
         model = build_height_model(backbone, channels=cfg.head_channels)
     if cfg.mode == "linear":
@@ -115,7 +119,7 @@ def setup(cfg: FinetuneConfig, env: DistEnv, root: str | Path | None = None) -> 
     wants = {m: probe.wants_normalized(m) for m in cfg.backbone.modalities}
     data = build_task_data(cfg, wants, root)
     num_classes = len(data.classes) if cfg.task != "height" else 1
-    if cfg.task != "height" and num_classes < 2:
+    if cfg.task not in ("height", "detection") and num_classes < 2:  # detection: one class + background is fine
         raise ValueError(f"{data.description}: fewer than two classes {list(data.classes)}")
     check_targets(data, cfg.task, num_classes, limit=None if cfg.data.kind == "sample" else 4)
     torch.manual_seed(cfg.seed)
@@ -176,6 +180,11 @@ def task_loss(out: dict[str, torch.Tensor], target: torch.Tensor, cfg: FinetuneC
     Returns:
         ``(loss, {term: value})``.
     """
+    if cfg.task == "detection":
+        from mssdf.downstream.detection.fcos import fcos_loss
+
+        loss, terms = fcos_loss(out, out["strides"], target, out["cls"][0].shape[1], obb=cfg.box_type == "obb")
+        return loss, {k: v for k, v in terms.items() if k != "positives"}
     if cfg.task == "classification":
         logits = out["out"].float()
         loss = soft_cross_entropy(logits, target) if target.is_floating_point() else \
@@ -208,8 +217,14 @@ def finetune_step(run: FinetuneRun) -> Callable[[dict[str, Any], int], StepOutpu
 
     def step_fn(batch: dict[str, Any], step: int) -> StepOutput:
         images = {m: x.to(env.device, non_blocking=True) for m, x in batch["images"].items()}
-        target = batch["target"].to(env.device, non_blocking=True)
-        check_target(target, cfg.task, run.num_classes, f"train batch of step {step}", allow_empty=True)  # crops may miss all data
+        if cfg.task == "detection":  # a list of per-image {"boxes", "labels", "difficult"}
+            h, w = next(iter(images.values())).shape[-2:]
+            for t in batch["target"]:
+                check_boxes(t, run.num_classes, (int(h), int(w)), f"train batch of step {step}")
+            target: Any = [{k: v.to(env.device) for k, v in t.items()} for t in batch["target"]]
+        else:
+            target = batch["target"].to(env.device, non_blocking=True)
+            check_target(target, cfg.task, run.num_classes, f"train batch of step {step}", allow_empty=True)  # crops may miss all data
         if mixer is not None:
             images, target = mix_batch(mixer, images, target)
         with context():
@@ -262,6 +277,8 @@ def evaluate(model: nn.Module, dataset: Any, cfg: FinetuneConfig, num_classes: i
     was_training = model.training
     model.eval()
     rank, world = (env.rank, env.world_size) if env is not None else (0, 1)
+    if cfg.task == "detection":
+        return _evaluate_detection(model, dataset, cfg, num_classes, rank, world, dtype, class_names, was_training)
     metric = task_metric(cfg, num_classes, class_names)
     device = env.device if env is not None else torch.device("cpu")
     metric = metric.to(device)  # states on the process group's device (NCCL all-reduces CUDA tensors only)
@@ -279,6 +296,46 @@ def evaluate(model: nn.Module, dataset: Any, cfg: FinetuneConfig, num_classes: i
     return result
 
 
+@torch.no_grad()
+def detect(model: nn.Module, images: dict[str, torch.Tensor], cfg: FinetuneConfig, dtype: torch.dtype | None = None) -> list[dict[str, torch.Tensor]]:
+    """Detections of a batch ``{m: (B, C_m, H, W)}``: per image ``{"boxes", "scores", "labels"}`` (CPU).
+
+    Images larger than ``data.eval_window`` are cut into overlapping windows and the
+    detections merged back (:func:`mssdf.downstream.detection.merge.detect_large`)."""
+    from mssdf.downstream.detection.fcos import decode
+    from mssdf.downstream.detection.merge import detect_large
+    from mssdf.downstream.inference import overlap_pixels
+
+    device = next(model.parameters()).device
+    context = autocast(dtype, device)
+
+    def run(x: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        with context():
+            out = model({m: v.to(device) for m, v in x.items()})
+        return decode(out, out["strides"], obb=cfg.box_type == "obb", score_threshold=cfg.score_threshold,
+                      pre_nms=cfg.pre_nms, iou_threshold=cfg.nms_iou, max_detections=cfg.max_detections)
+
+    window = cfg.data.eval_window
+    h, w = next(iter(images.values())).shape[-2:]
+    if window is None or (h <= window and w <= window):
+        return run(images)
+    return detect_large(run, images, window, overlap_pixels(window, cfg.data.eval_overlap), cfg.nms_iou, cfg.max_detections,
+                        batch_size=cfg.eval_batch_size)
+
+
+def _evaluate_detection(model: nn.Module, dataset: Any, cfg: FinetuneConfig, num_classes: int, rank: int, world: int,
+                        dtype: torch.dtype | None, class_names: tuple[str, ...], was_training: bool) -> dict[str, Any]:
+    metric = task_metric(cfg, num_classes, class_names)
+    indices = list(range(rank, len(dataset), world))
+    step = cfg.eval_batch_size if cfg.data.eval_window is None else 1  # whole images of any size one at a time
+    for start in range(0, len(indices), step):
+        batch = collate([dataset[i] for i in indices[start : start + step]])
+        metric.update(detect(model, batch["images"], cfg, dtype), batch["target"])
+    result = metric.compute()
+    model.train(was_training)
+    return result
+
+
 def task_metric(cfg: FinetuneConfig, num_classes: int, class_names: tuple[str, ...] = ()) -> Any:
     """The torchmetrics metric of ``cfg.task`` (:mod:`mssdf.downstream.metrics`)."""
     if cfg.task == "segmentation":
@@ -287,6 +344,11 @@ def task_metric(cfg: FinetuneConfig, num_classes: int, class_names: tuple[str, .
         return ChangeMetrics()
     if cfg.task == "classification":
         return ClassificationMetrics(num_classes, class_names=class_names or None)
+    if cfg.task == "detection":
+        from mssdf.downstream.detection.metrics import HBBMetrics, OBBMetrics
+
+        names = class_names or tuple(str(k) for k in range(num_classes))
+        return OBBMetrics(names) if cfg.box_type == "obb" else HBBMetrics(names)
     return HeightMetrics(scale_m=cfg.height_scale_m)
 
 
@@ -433,5 +495,5 @@ def _save_best(model: nn.Module, folder: Path, best: dict[str, Any]) -> None:
 
 
 __all__ = ["FinetuneRun", "FinetuneResult", "build_model", "load_finished_run", "setup", "task_loss", "finetune_step", "predict",
-           "predict_classes", "task_metric", "evaluate",
+           "predict_classes", "detect", "task_metric", "evaluate",
            "finetune", "RESUMABLE_CHANGES"]

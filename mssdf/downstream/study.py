@@ -145,11 +145,13 @@ def _torchrun(run: FinetuneConfig, nproc: int) -> dict[str, Any]:
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The scalar metrics (per-class dicts flattened as ``<metric>/<class>``; the confusion matrix dropped)."""
+    """The scalar metrics (per-class dicts flattened as ``<metric>/<class>``; the confusion matrix and
+    curves dropped)."""
     out: dict[str, float] = {}
     for k, v in metrics.items():
         if isinstance(v, Mapping):
-            out.update({f"{k}/{c}": (float("nan") if x is None else float(x)) for c, x in v.items()})
+            out.update({f"{k}/{c}": (float("nan") if x is None else float(x)) for c, x in v.items()
+                        if x is None or isinstance(x, (int, float))})
         elif isinstance(v, (int, float)) or v is None:
             out[k] = float("nan") if v is None else float(v)
     return out

@@ -263,11 +263,11 @@ class ReaderDataset(Dataset):
 
 
 def detection_collate(batch: list[Sample]) -> Sample:
-    """Collate detection samples: images stacked, ``boxes``/``box_labels``/``difficult``/``meta`` as lists."""
+    """Collate detection samples: images stacked, ``boxes``/``box_labels``/``obb``/``difficult``/``meta`` as lists."""
     out: Sample = {}
     for key in batch[0]:
         values = [s[key] for s in batch]
-        if key in ("boxes", "box_labels", "difficult", "truncated", "meta"):
+        if key in ("boxes", "box_labels", "obb", "difficult", "truncated", "meta"):
             out[key] = values
         else:
             out[key] = torch.stack(values)

@@ -68,6 +68,12 @@ def parse_dota(path: Path, classes: tuple[str, ...]) -> tuple[np.ndarray, np.nda
         if not line or line.lower().startswith(("imagesource:", "gsd:")):
             continue
         tokens = line.split()
+        numeric = 0
+        while numeric < len(tokens) and _is_number(tokens[numeric]):
+            numeric += 1
+        if numeric != 8 and numeric < len(tokens):  # the class name follows the coordinates
+            raise DataError(f"{path}:{n}: polygon with {numeric} coordinate values, 8 expected (x1 y1 ... x4 y4) "
+                            f"in {line!r}")
         if len(tokens) not in (9, 10):
             raise DataError(f"{path}:{n}: expected 'x1 y1 ... x4 y4 class [difficult]', got {line!r}")
         try:
@@ -86,6 +92,14 @@ def parse_dota(path: Path, classes: tuple[str, ...]) -> tuple[np.ndarray, np.nda
         np.asarray(labels, np.int64),
         np.asarray(difficult, np.int64),
     )
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def _area(pts: np.ndarray) -> float:
@@ -212,6 +226,12 @@ class DOTA(ReaderDataset):
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".tif", ".bmp"))
         if not images:
             raise DataError(f"{image_dir}: no images found; expected layout:\n{LAYOUT}")
+        if self.has_labels:  # an annotation without its image is an error, not a silently smaller dataset
+            stems = {p.stem for p in images}
+            lonely = sorted(p for p in label_path.glob("*.txt") if p.stem not in stems)
+            if lonely:
+                raise DataError(f"{lonely[0]}: annotation without its image (no {image_dir / lonely[0].stem}.png/.jpg/.tif/.bmp)"
+                                + (f"; {len(lonely)} such files in {label_path}" if len(lonely) > 1 else ""))
         self.samples: list[tuple[Path, Path | None, Window]] = []
         for image in images:
             label = label_path / f"{image.stem}.txt" if self.has_labels else None
