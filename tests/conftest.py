@@ -44,3 +44,38 @@ def batch(b=3, size=32, seed=0, modalities=MODALITIES):
 def micro_model():
     torch.manual_seed(0)
     return MSSDF(micro_config())
+
+
+# ----------------------------------------------------------------------------- downstream tests
+#: A micro encoder for the downstream engine tests (16 px positions, patch 4).
+DOWNSTREAM_ARCH = {"preset": "tiny", "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 4, "num_heads": 2}
+
+
+@pytest.fixture(scope="session")
+def fake_prepared(tmp_path_factory):
+    """The fake raw sample prepared once per session (read-only: tests that corrupt it copy it first)."""
+    from data_fakes import SMALL, make_raw
+
+    from mssdf.config import from_dict
+    from mssdf.data.prepare import PrepareConfig, prepare
+
+    base = tmp_path_factory.mktemp("prepared")
+    raw = make_raw(base / "raw")
+    prepare(from_dict(PrepareConfig, {"raw_dir": str(raw), "out_dir": str(base / "out"), **SMALL}), log=None)
+    return base / "out"
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (restored after): the engine tests stay fast and deterministic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def with_overrides(run: dict, over: dict) -> dict:
+    """``run`` with ``over`` applied one level deep (a dict value updates a dict entry, anything else replaces)."""
+    for k, v in over.items():
+        run[k] = {**run[k], **v} if isinstance(v, dict) and isinstance(run.get(k), dict) else v
+    return run

@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fakes import SMALL, make_raw
+from conftest import with_overrides
 
 sys.path.insert(0, str(Path(__file__).parent))
 from readers_fakes import make_scene_folders  # noqa: E402
 
-from mssdf.config import ConfigError, from_dict  # noqa: E402
+from mssdf.config import ConfigError  # noqa: E402
 from mssdf.data.io import DataError  # noqa: E402
-from mssdf.data.prepare import PrepareConfig, prepare  # noqa: E402
 from mssdf.data.readers import get_dataset  # noqa: E402
 from mssdf.data.readers.splits import stratified_split  # noqa: E402
 from mssdf.downstream.backbone import build_backbone  # noqa: E402
@@ -35,28 +34,18 @@ MICRO = {"preset": "tiny", "img_size": 32, "patch_size": 8, "embed_dim": 32, "de
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    base = tmp_path_factory.mktemp("cls")
-    raw = make_raw(base / "raw")
-    prepare(from_dict(PrepareConfig, {"raw_dir": str(raw), "out_dir": str(base / "out"), **SMALL}), log=None)
-    return base / "out"
+def root(fake_prepared):
+    return fake_prepared
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cls_run(root, out, **over):
     run = {"profile": "smoke", "task": "classification", "data": {"root": str(root), "task": "scene"},
            "backbone": {"modalities": ["pan"], "arch": dict(ARCH)}, "steps": 4, "eval_every": 2, "batch_size": 4,
            "out_dir": str(out), "device": "cpu", "eval_batch_size": 8}
-    for k, v in over.items():
-        run[k] = {**run[k], **v} if isinstance(v, dict) and isinstance(run.get(k), dict) else v
-    return run
+    return with_overrides(run, over)
 
 
 # ------------------------------------------------------------------------------ splits

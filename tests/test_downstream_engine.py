@@ -14,14 +14,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from data_fakes import SMALL, make_raw
+from conftest import with_overrides
 from safetensors.torch import load_file
 from torch import nn
 
 from _train_common import REPO, subprocess_env, write_yaml
 from mssdf.config import ConfigError, from_dict
 from mssdf.data.io import DataError
-from mssdf.data.prepare import PrepareConfig, prepare
 from mssdf.downstream.backbone import build_backbone
 from mssdf.downstream.config import build_finetune_config
 from mssdf.downstream.engine import evaluate, finetune, setup
@@ -34,28 +33,18 @@ ARCH = {"preset": "tiny", "img_size": 16, "patch_size": 4, "embed_dim": 32, "dep
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ft")
-    raw = make_raw(base / "raw")
-    prepare(from_dict(PrepareConfig, {"raw_dir": str(raw), "out_dir": str(base / "out"), **SMALL}), log=None)
-    return base / "out"
+def root(fake_prepared):
+    return fake_prepared
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seg_run(root, out, **over):
     run = {"profile": "smoke", "task": "segmentation", "data": {"root": str(root), "task": "seg_buildings"},
            "backbone": {"modalities": ["pan"], "arch": dict(ARCH)}, "steps": 6, "eval_every": 3, "batch_size": 2,
            "head_channels": 8, "out_dir": str(out), "device": "cpu", "optim": {"lr": 1e-3, "warmup_steps": 2}}
-    for k, v in over.items():
-        run[k] = {**run[k], **v} if isinstance(v, dict) and isinstance(run.get(k), dict) else v
-    return run
+    return with_overrides(run, over)
 
 
 def height_run(root, out, **over):
