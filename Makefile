@@ -1,5 +1,6 @@
 # Two entry points for a fresh CPU machine (see README):
 #   make repro   set everything up, then run the whole DVC pipeline on the embedded sample
+#                (and paste the generated results table into README.md)
 #   make test    set everything up, then run the test suite (notebooks included)
 # Both create .venv from the pinned requirements.txt the first time (and again when the
 # pins change); nothing else on the machine is touched.
@@ -28,6 +29,7 @@ setup: $(STAMP)
 
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/python -m mssdf.reports.readme  # README's results table from reports/paper/results.md
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

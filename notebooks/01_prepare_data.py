@@ -34,11 +34,13 @@ prepare = {
     "out_dir": "scratch/prepare",
     "sources": {"autzen": {"stride": 32}, "ign": {"stride": 16}, "rotterdam": {}, "atlanta": {}, "lasvegas": {}, "neon": {}},
 }
+prepare_report = {"metrics": "scratch/prepare/metrics.json"}  # the `prepare_report:` section
 
 # %%
 import json
 from IPython.display import display
 
+from mssdf.atomic import atomic_write_text
 from mssdf.config import from_dict, to_dict
 from mssdf.reports import preview
 from mssdf.data.prepare import PrepareConfig
@@ -48,6 +50,7 @@ from mssdf.paths import resolve
 
 # The parameters above become a typed config: an unknown or mistyped key fails here.
 cfg = from_dict(PrepareConfig, prepare, "prepare")
+report = from_dict(preview.PrepareReportConfig, prepare_report, "prepare_report")
 OUT = resolve(cfg.out_dir)
 print(json.dumps(to_dict(cfg), indent=1))
 
@@ -64,6 +67,7 @@ print(json.dumps(to_dict(cfg), indent=1))
 # %%
 figures = {}  # name -> figure, drawn by the hook from the complete temporary folder
 summary = run_prepare(cfg, before_swap=lambda folder: figures.update(preview.write_previews(folder, cfg.source_list)))
+atomic_write_text(resolve(report.metrics), json.dumps(preview.stage_metrics(summary), indent=1, sort_keys=True) + "\n")
 print(json.dumps(summary["tiles_per_source"], indent=1))
 
 # %% [markdown]
@@ -119,9 +123,10 @@ for source, keys in stats.items():
 # ## Detection boxes and SYNTHETIC change pairs
 #
 # Boxes are the extents of the real Atlanta footprints inside each tile. The change pairs are
-# **synthetic**: the "after" image is the real tile with buildings removed, pasted or shifted; it
-# equals the "before" image exactly outside the mask (a real pair would also differ in light,
-# season and registration, so scores on it are optimistic).
+# **synthetic**: the "after" image is the real tile with buildings removed, pasted or shifted (the
+# mask is exactly the edited pixels), then given the differences of a second acquisition everywhere
+# (gain, offset, colour balance, tone curve, illumination plane, sub-pixel misregistration, blur and
+# noise: `prepare.change_shift`), so unchanged pixels are not equal across the dates.
 
 # %%
 for name in ("detection", "change_synthetic"):

@@ -76,6 +76,8 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = expand_stages(DVC_YAML["stages"], PARAMS)
 VARIANT_RUNS = [str(v) for v in PARAMS.get("pretrain_variants") or []]  # stages pretrain@<variant>
+# stages that execute a notebook (all but `site`, which renders the executed notebooks to HTML)
+NOTEBOOK_STAGES = {n: s for n, s in STAGES.items() if "mssdf.reports.execute" in s["cmd"]}
 
 
 def paths(entries: list[Any]) -> list[str]:
@@ -158,7 +160,7 @@ def covered(path: Path, deps: list[str]) -> bool:
     return any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in map(str, deps))
 
 
-@pytest.mark.parametrize("name", sorted(STAGES))
+@pytest.mark.parametrize("name", sorted(NOTEBOOK_STAGES))
 def test_stage_deps_cover_every_module_it_runs(name):
     stage = STAGES[name]
     source = notebook_source(stage)
@@ -168,7 +170,7 @@ def test_stage_deps_cover_every_module_it_runs(name):
     assert not missing, f"stage {name!r} runs these modules but does not depend on them: {missing}"
 
 
-@pytest.mark.parametrize("name", sorted(STAGES))
+@pytest.mark.parametrize("name", sorted(NOTEBOOK_STAGES))
 def test_stage_command_passes_exactly_its_params(name):
     from mssdf.reports.execute import parameter_names
 
@@ -182,7 +184,7 @@ def test_stage_command_passes_exactly_its_params(name):
     assert "mssdf/reports/execute.py" in stage["deps"] or covered(PACKAGE / "reports" / "execute.py", stage["deps"])
 
 
-@pytest.mark.parametrize("name", sorted(STAGES))
+@pytest.mark.parametrize("name", sorted(NOTEBOOK_STAGES))
 def test_stage_overrides_change_only_its_own_sections(name):
     from mssdf.reports.execute import section_overrides
 
@@ -192,6 +194,61 @@ def test_stage_overrides_change_only_its_own_sections(name):
     if "@" in name:  # a foreach stage differs from its siblings through its overrides only
         item = name.split("@", 1)[1]
         assert any(item in s.split("=", 1)[1] for s in args.sets), f"stage {name!r}: no --set carries its item {item!r}"
+
+
+def test_every_stage_but_the_site_is_a_notebook_stage():
+    assert set(STAGES) - set(NOTEBOOK_STAGES) == {"site"}
+
+
+def test_site_stage_depends_on_its_modules_and_every_executed_notebook():
+    stage = STAGES["site"]
+    argv = shlex.split(stage["cmd"])
+    assert argv[:3] == ["python", "-m", "mssdf.reports.site"], stage["cmd"]
+    files = import_closure({"mssdf.reports.site"})
+    missing = sorted(p.relative_to(ROOT).as_posix() for p in files if not covered(p, stage["deps"]))
+    assert not missing, f"stage 'site' runs these modules but does not depend on them: {missing}"
+    for name, other in NOTEBOOK_STAGES.items():
+        report = ROOT / command(other).output
+        # a pretrain@<variant> notebook is named after its variant: the stage stands for it by
+        # that variant's reports/pretrain/<variant> folder, which the same stage writes
+        stand_in = [ROOT / m for m in paths(other.get("metrics"))]
+        assert covered(report, stage["deps"]) or any(covered(p, stage["deps"]) for p in stand_in), (
+            f"stage 'site' renders {report.relative_to(ROOT)} (stage {name!r}) but does not depend on it")
+    for path in paths(STAGES["figures"]["outs"]) + paths(STAGES["figures"].get("plots")):
+        assert covered(ROOT / path, stage["deps"]), f"stage 'site' shows {path} but does not depend on it"
+
+
+def test_figures_stage_reads_every_stages_metrics():
+    deps = STAGES["figures"]["deps"]
+    for name, stage in NOTEBOOK_STAGES.items():
+        for metric in paths(stage.get("metrics")):
+            assert covered(ROOT / metric, deps), f"stage 'figures' does not depend on {metric} (stage {name!r})"
+    from mssdf.config import from_dict
+    from mssdf.reports.figures import FiguresConfig
+
+    cfg = from_dict(FiguresConfig, PARAMS["figures"], "figures")
+    for path in [*cfg.metrics.values(), cfg.probe, cfg.method, cfg.prepare]:
+        assert path in deps, f"figures reads {path} but does not depend on it"
+
+
+def test_every_stage_declares_metrics_or_plots():
+    """`dvc metrics show` / `dvc plots show` cover every stage (the site renders, it measures nothing)."""
+    top = paths(DVC_YAML.get("plots"))
+    for name, stage in NOTEBOOK_STAGES.items():
+        own = paths(stage.get("metrics")) + paths(stage.get("plots"))
+        outs = paths(stage.get("outs"))
+        assert own or any(p.startswith(o.rstrip("/") + "/") for p in top for o in outs), f"stage {name!r} declares no metrics or plots"
+
+
+def test_stages_reading_the_prepared_sample_depend_on_its_manifest():
+    from mssdf.data.output import MANIFEST
+
+    assert "data/prepared" in paths(STAGES["prepare"]["outs"])
+    for name, stage in STAGES.items():
+        deps = paths(stage["deps"])
+        assert "data/prepared" not in deps, f"stage {name!r}: depend on data/prepared/{MANIFEST}, not the whole folder"
+        if any(d.startswith("data/prepared/") for d in deps):
+            assert deps.count(f"data/prepared/{MANIFEST}") == 1, name
 
 
 def test_no_two_stages_share_an_output():
@@ -329,6 +386,11 @@ def test_every_params_section_builds_its_typed_config():
 
     from_dict(MethodReportConfig, PARAMS["method"], "method")
     from_dict(PrepareConfig, PARAMS["prepare"], "prepare")
+    from mssdf.reports.figures import FiguresConfig
+    from mssdf.reports.preview import PrepareReportConfig
+
+    from_dict(PrepareReportConfig, PARAMS["prepare_report"], "prepare_report")
+    from_dict(FiguresConfig, PARAMS["figures"], "figures")
     from_dict(PretrainReportConfig, PARAMS["pretrain_report"], "pretrain_report")
     from_dict(ProbeStageConfig, PARAMS["pretrain_probe"], "pretrain_probe")
     for variant in PARAMS["pretrain_variants"]:

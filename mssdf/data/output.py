@@ -271,3 +271,34 @@ def _write_docs(out: Path, raw: Path) -> None:
         "sub-pixel misregistration, blur, noise; drawn per tile, `prepare.change_shift` in params.yaml, "
         "the draws in the tile's `change.json`), while the change mask is exactly the edited pixels.\n"
     )
+
+
+MANIFEST = "manifest.json"  # written after everything else (previews included) by mssdf.data.prepare
+
+
+def write_manifest(folder: str | Path) -> dict[str, Any]:
+    """Write ``<folder>/manifest.json``: the sha256 of every other file of the prepared folder.
+
+    The pipeline's stages that read ``data/prepared`` depend on this one file instead of the
+    whole folder, so DVC checks 1 file per stage rather than walking ~3,000 (the folder itself
+    stays the ``prepare`` stage's output, checked once per ``dvc repro``). Any change to any
+    file changes the manifest.
+
+    Returns:
+        ``{"count": N, "bytes": total size, "files": {relative path: sha256}}`` (sorted paths).
+    """
+    import hashlib
+
+    root = Path(folder)
+    files = {}
+    total = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        files[path.relative_to(root).as_posix()] = digest.hexdigest()
+        total += path.stat().st_size
+    manifest = {"count": len(files), "bytes": total, "files": files}
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest

@@ -23,6 +23,8 @@ Output layout (``out_dir``)::
                     the per-tile synthetic ``pan_t2`` over its train tiles)
     previews/       optional figures, written before the swap by a ``before_swap`` hook
     summary.json    counts (kept / rejected tiles per source and split), checks, config
+    manifest.json   sha256 of every other file, written last (what the pipeline's stages
+                    depend on, :func:`mssdf.data.output.write_manifest`)
     README.md, LICENSE.md   what this is; attribution and licences (CC BY-SA stays CC BY-SA)
 
 Who owns what: the sources (raw files, settings, loaders) are :mod:`mssdf.data.sources`,
@@ -52,7 +54,7 @@ from typing import Any, Callable
 from mssdf.atomic import atomic_write_text
 from mssdf.data.io import DataError
 from mssdf.data.labels import AcquisitionShift
-from mssdf.data.output import write_prepared
+from mssdf.data.output import write_manifest, write_prepared
 from mssdf.data.sources import SOURCES, SourceSettings, check_inputs, load_scenes, resolve_settings
 
 SECTION = "prepare"  # the params.yaml section of PrepareConfig (error messages name keys from it)
@@ -244,6 +246,7 @@ def prepare(
         atomic_write_text(tmp / MARKER, json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if before_swap is not None:
             before_swap(tmp)
+        write_manifest(tmp)  # last: the sha256 of every file (the downstream stages' DVC dependency)
         check_out_dir(out, raw, root)  # again: out_dir may have changed during the run
         if out.exists():
             os.replace(out, old)

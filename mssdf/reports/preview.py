@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,19 @@ from mssdf.data.tasks import TASKS
 from mssdf.data.tiling import SPLITS
 from mssdf.modalities import CHANNELS
 from mssdf.reports.plots import stretch
+
+
+@dataclass(frozen=True)
+class PrepareReportConfig:
+    """Where the prepare stage's report writes (the ``prepare_report`` section of params.yaml)."""
+
+    metrics: str = "scratch/prepare/metrics.json"  # tiles per task/split/source and label kinds (DVC metrics)
+
+
+def stage_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The prepare stage's metrics from the summary :func:`mssdf.data.prepare.prepare` returned:
+    tiles per task and split, per source (kept and rejected), and each task's label kind."""
+    return {key: summary[key] for key in ("rows_per_task", "tiles_per_source", "label_kinds")}
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
