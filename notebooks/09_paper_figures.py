@@ -65,7 +65,8 @@ out_dir = resolve(cfg.out_dir)
 written = []
 pd.set_option("display.max_colwidth", 80)
 
-results = paper.collect_results({task: resolve(path) for task, path in cfg.metrics.items()}, cfg.paper_datasets)
+metrics_files = {task: [resolve(p) for p in ([paths] if isinstance(paths, str) else paths)] for task, paths in cfg.metrics.items()}
+results = paper.collect_results(metrics_files, cfg.paper_datasets, root=resolve("."))
 atomic_write_text(resolve(cfg.results), json.dumps(results, indent=1) + "\n")
 atomic_write_text(resolve(cfg.markdown), paper.results_markdown(results))
 print(f"{len(results['rows'])} result rows from {len(results['generated_from'])} metrics files; "

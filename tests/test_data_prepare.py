@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -75,7 +76,7 @@ def test_change_pairs_carry_acquisition_differences(prepared, tmp_path):
         keep = (mask == 0) & np.isfinite(before)
         assert (after[keep] != before[keep]).mean() > 0.99, tile  # the after-image differs everywhere
         np.testing.assert_array_equal(np.isnan(after), np.isnan(before))
-        notes = json.loads((out / "tiles" / "atlanta" / tile / "change.json").read_text())
+        notes = json.loads((out / "tiles" / "atlanta" / f"{tile}.change.json").read_text())
         assert set(notes) == {"edits", "acquisition"} and "gain" in notes["acquisition"]
     assert summary["config"]["change_shift"]["enabled"] is True
     # the two streams of the tile's seed: the edit from ``seed`` (as before the shift existed),
@@ -97,7 +98,7 @@ def test_change_pairs_carry_acquisition_differences(prepared, tmp_path):
         label = read_raster(out / r["files"]["label"], dtype=np.uint8)[0]
         np.testing.assert_array_equal(label, np.where(np.isnan(pan[0]), 255, mask))
         np.testing.assert_array_equal(read_raster(out / r["files"]["pan_t2"]), t2)
-        notes = json.loads((out / "tiles" / "atlanta" / r["tile"] / "change.json").read_text())
+        notes = json.loads((out / "tiles" / "atlanta" / f"{r['tile']}.change.json").read_text())
         assert notes == json.loads(json.dumps({"edits": recs, "acquisition": rec}))
     assert "acquisition" in (out / "README.md").read_text() and "acquisition" in TASKS["change"].description
     # the shift off: the same tiles, the same masks, and after == before outside the mask again
@@ -469,7 +470,7 @@ def test_index_rows_follow_taskspec(prepared, monkeypatch):
         expect = {*spec.inputs, *T.EXTRA_FILES.get(spec.source, ()), *(k for k, _ in spec.target_files)}
         assert set(r["files"]) == expect, r["task"]
         for key, fname in spec.target_files:
-            assert r["files"][key].endswith("/" + fname)
+            assert r["files"][key] == f"tiles/{r['source']}/{r['tile']}.{fname}"
         assert (r["scene_class"] >= 0) == bool(spec.tile_class)
         assert (r["synthetic"], r["derived"]) == (int(spec.synthetic), int(spec.derived))
     header = (out / "index.csv").read_text().splitlines()[0].split(",")
@@ -528,3 +529,44 @@ def test_dsm_source_ndsm_reads_ndsm_everywhere(prepared):
         assert torch.equal(torch.nan_to_num(a[0]["dsm"], nan=-1.0), torch.nan_to_num(b[0]["ndsm"], nan=-1.0))
     filled = SampleTiles(out, "pretrain_autzen", "train", dsm_source="ndsm")
     assert all(torch.isfinite(filled[i]["dsm"]).all() for i in range(len(filled)))
+
+
+def test_cache_stem_strips_the_tile_name_and_extension():
+    from mssdf.data.index import cache_stem
+
+    row = {"tile": "atlanta_r0000_c0064", "files": {"pan": "tiles/atlanta/atlanta_r0000_c0064.pan.tif",
+                                                     "height": "tiles/autzen/atlanta_r0000_c0064.ndsm.tif",
+                                                     "boxes": "tiles/atlanta/atlanta_r0000_c0064.boxes.json"}}
+    assert cache_stem(row, "pan") == "pan"
+    assert cache_stem(row, "height") == "ndsm"  # a target read from an input's file
+    assert cache_stem(row, "boxes") == "boxes"
+    assert cache_stem(row, "ms") == "ms"  # no such file: the key itself
+
+
+def test_manifest_hashes_every_file_and_changes_with_any(tmp_path):
+    from mssdf.data.output import MANIFEST, write_manifest
+
+    (tmp_path / "tiles" / "a").mkdir(parents=True)
+    (tmp_path / "tiles" / "a" / "pan.tif").write_bytes(b"pixels")
+    (tmp_path / "index.csv").write_text("task,split\n")
+    manifest = write_manifest(tmp_path)
+    assert manifest["count"] == 2 and set(manifest["files"]) == {"index.csv", "tiles/a/pan.tif"}
+    assert manifest["files"]["tiles/a/pan.tif"] == hashlib.sha256(b"pixels").hexdigest()
+    assert json.loads((tmp_path / MANIFEST).read_text()) == manifest
+    before = (tmp_path / MANIFEST).read_bytes()
+    assert write_manifest(tmp_path) == manifest and (tmp_path / MANIFEST).read_bytes() == before  # itself left out
+    (tmp_path / "tiles" / "a" / "pan.tif").write_bytes(b"pixelz")
+    assert (write_manifest(tmp_path))["files"]["tiles/a/pan.tif"] != manifest["files"]["tiles/a/pan.tif"]
+
+
+def test_prepare_writes_the_manifest_of_every_file_last(prepared):
+    from mssdf.data.output import MANIFEST
+
+    out, _, _ = prepared
+    manifest = json.loads((out / MANIFEST).read_text())
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != MANIFEST}
+    assert set(manifest["files"]) == on_disk and manifest["count"] == len(on_disk)
+    assert all(manifest["files"][f] == hashlib.sha256((out / f).read_bytes()).hexdigest() for f in sorted(on_disk)[:50])
+    # tiles are flat per source: DVC walks a handful of folders, not one per tile
+    assert {p.parent.relative_to(out).as_posix() for p in (out / "tiles").rglob("*.tif")} <= {
+        f"tiles/{s}" for s in SOURCES}

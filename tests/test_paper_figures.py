@@ -1,10 +1,9 @@
 """The figures stage: results rows recomputed from the metrics files, the paper's numbers only
 beside the paper's datasets, tables and the README block generated from them, reproducible
-figure files, the prepared sample's manifest."""
+figure files."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -154,22 +153,6 @@ def test_figure_files_are_reproducible(tmp_path):
     assert first == second and first[0][:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in first[1]
 
 
-def test_manifest_hashes_every_file_and_changes_with_any(tmp_path):
-    from mssdf.data.output import MANIFEST, write_manifest
-
-    (tmp_path / "tiles" / "a").mkdir(parents=True)
-    (tmp_path / "tiles" / "a" / "pan.tif").write_bytes(b"pixels")
-    (tmp_path / "index.csv").write_text("task,split\n")
-    manifest = write_manifest(tmp_path)
-    assert manifest["count"] == 2 and set(manifest["files"]) == {"index.csv", "tiles/a/pan.tif"}
-    assert manifest["files"]["tiles/a/pan.tif"] == hashlib.sha256(b"pixels").hexdigest()
-    assert json.loads((tmp_path / MANIFEST).read_text()) == manifest
-    before = (tmp_path / MANIFEST).read_bytes()
-    assert write_manifest(tmp_path) == manifest and (tmp_path / MANIFEST).read_bytes() == before  # itself left out
-    (tmp_path / "tiles" / "a" / "pan.tif").write_bytes(b"pixelz")
-    assert (write_manifest(tmp_path))["files"]["tiles/a/pan.tif"] != manifest["files"]["tiles/a/pan.tif"]
-
-
 # ---- the real pipeline's outputs (skipped until `dvc repro figures` has run) ----
 
 RESULTS = ROOT / "reports" / "paper" / "results.json"
@@ -201,3 +184,12 @@ def test_the_readme_results_table_is_the_generated_one():
         "README.md's results table is stale: run `python -m mssdf.reports.readme`")
     results = json.loads(RESULTS.read_text())
     assert table == paper.results_markdown(results)
+
+
+def test_several_metrics_files_of_one_task_add_their_rows(tmp_path):
+    sample = _study({"buildings": {"mssdf": {"miou": [0.4, 0.5, 0.6]}}})
+    protocol = _study({"potsdam": {"mssdf": {"miou": [0.70, 0.72, 0.74]}}})
+    results = paper.collect_results({"segmentation": [_write(tmp_path, "a.json", sample), _write(tmp_path, "b.json", protocol)]})
+    assert [(r["dataset"], r["comparable"]) for r in results["rows"] if r["metric"] == "miou"] == [
+        ("buildings", False), ("potsdam", True)]
+    assert len(results["generated_from"]) == 2

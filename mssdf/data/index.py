@@ -55,4 +55,16 @@ def read_index(root: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["INDEX_COLUMNS", "INDEX_FILE", "read_index", "write_index"]
+def cache_stem(row: dict[str, Any], key: str) -> str:
+    """The cache array name (``cache/<source>/<split>/<stem>.npy``) of index file entry ``key``
+    of ``row``: its file ``tiles/<source>/<tile>.<stem>.tif`` without the tile name and the
+    extension (``height`` -> ``ndsm``); ``key`` itself when the row has no such file."""
+    files = row["files"]
+    if key not in files:
+        return key
+    name = Path(files[key]).name
+    prefix = f"{row['tile']}."
+    return (name[len(prefix):] if name.startswith(prefix) else name).rsplit(".", 1)[0]
+
+
+__all__ = ["INDEX_COLUMNS", "INDEX_FILE", "cache_stem", "read_index", "write_index"]

@@ -125,7 +125,9 @@ def _write_tile(cfg: PrepareConfig, sc: Scene, r: int, c: int, size: int, split:
     """Write one tile's files; return its index rows (one per task of the source, from :data:`TASKS`)."""
     source = sc.source
     name = f"{sc.name}_r{r:04d}_c{c:04d}"
-    folder = out / "tiles" / source / name
+    # flat per source (tiles/<source>/<tile>.<key>.tif): one folder per tile would make DVC walk
+    # ~1,000 folders whenever it checks the prepared folder (1 s of every `dvc repro` with nothing to do)
+    folder = out / "tiles" / source
     rel = f"tiles/{source}/{name}"
     tf = _tile_transform(sc.transform, r, c)
     # windows past the scene border (scenes smaller than a tile) are padded with no data
@@ -141,7 +143,7 @@ def _write_tile(cfg: PrepareConfig, sc: Scene, r: int, c: int, size: int, split:
             record = {"boxes_xyxy": objects["boxes"].tolist(), "box_labels": objects["box_labels"].tolist()}
             if needs.obb:
                 record.update(obb_cxcywha=objects["obb"].tolist(), obb_polygons=objects["obb_polygons"].tolist())
-            atomic_write_text(folder / "boxes.json", json.dumps(record) + "\n")
+            atomic_write_text(folder / f"{name}.boxes.json", json.dumps(record) + "\n")
             extra["n_boxes"] = len(objects["boxes"])
         else:  # a scene without objects (an image without annotation): no rows of box tasks, empty cache entries
             objects = _no_objects(needs.obb)
@@ -158,7 +160,7 @@ def _write_tile(cfg: PrepareConfig, sc: Scene, r: int, c: int, size: int, split:
         tile["pan_t2"] = t2
         tile["change"] = np.where(np.isnan(tile["pan"][0]), IGNORE_INDEX, change)[None].astype(np.uint8)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "change.json", json.dumps({"edits": recs, "acquisition": shift}, sort_keys=True) + "\n")
+        atomic_write_text(folder / f"{name}.change.json", json.dumps({"edits": recs, "acquisition": shift}, sort_keys=True) + "\n")
         extra.update(change_fraction=float(change.mean()), change_ops=";".join(x["op"] for x in recs))
     if "building_fraction" in needs.tile_classes:
         fraction = float((inst > 0).mean())
@@ -166,7 +168,7 @@ def _write_tile(cfg: PrepareConfig, sc: Scene, r: int, c: int, size: int, split:
     if "dominant_class" in needs.tile_classes:
         extra["scene_class"] = L.dominant_class(tile["label"][0], len(L.ASPRS_CLASSES))
     for key, arr in tile.items():
-        write_geotiff(folder / f"{key}.tif", arr, sc.crs, tf, band_names=SOURCES[source].bands.get(key))
+        write_geotiff(folder / f"{name}.{key}.tif", arr, sc.crs, tf, band_names=SOURCES[source].bands.get(key))
     if split == "train":  # per-tile arrays (the synthetic after-image): one independent image per tile
         for key, arr in tile.items():
             if key not in sc.arrays and key not in NO_STATS:
@@ -175,8 +177,8 @@ def _write_tile(cfg: PrepareConfig, sc: Scene, r: int, c: int, size: int, split:
     rows = []
     for task in source_tasks(source):
         spec = TASKS[task]
-        files = {k: f"{rel}/{k}.tif" for k in (*spec.inputs, *EXTRA_FILES.get(source, ()))}
-        files.update({k: f"{rel}/{fname}" for k, fname in spec.target_files})
+        files = {k: f"{rel}.{k}.tif" for k in (*spec.inputs, *EXTRA_FILES.get(source, ()))}
+        files.update({k: f"{rel}.{fname}" for k, fname in spec.target_files})
         scene_class = extra.get("scene_class", -1) if spec.tile_class else -1
         if spec.tile_class and scene_class < 0:
             continue  # too few labelled pixels to name a tile class (counted in rows_per_task)
@@ -269,7 +271,7 @@ def _write_docs(out: Path, raw: Path) -> None:
         "The after-image `pan_t2` also carries the differences of a second acquisition everywhere, "
         "inside and outside the mask (radiometric gain/offset/gamma shifts, an illumination gradient, "
         "sub-pixel misregistration, blur, noise; drawn per tile, `prepare.change_shift` in params.yaml, "
-        "the draws in the tile's `change.json`), while the change mask is exactly the edited pixels.\n"
+        "the draws in the tile's `<tile>.change.json`), while the change mask is exactly the edited pixels.\n"
     )
 
 

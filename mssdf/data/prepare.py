@@ -3,11 +3,11 @@
 Output layout (``out_dir``)::
 
     scenes/<source>/<scene>/<key>.tif   full aligned rasters (GeoTIFF, CRS + transform)
-    tiles/<source>/<tile>/<key>.tif     one GeoTIFF per tile and key; boxes.json for the detection
+    tiles/<source>/<tile>.<key>.tif     one GeoTIFF per tile and key; <tile>.boxes.json for the detection
                                        tasks (``boxes_xyxy`` (K, 4) tile pixels, ``box_labels``
                                        (K,); Atlanta also ``obb_cxcywha`` (K, 5) and
                                        ``obb_polygons`` (K, 4, 2), row-aligned);
-                                       change.json for the synthetic change (the edits and the
+                                       <tile>.change.json for the synthetic change (the edits and the
                                        drawn acquisition differences of ``pan_t2``)
     cache/<source>/<split>/<key>.npy   stacked tiles (N, C, H, W) for memory-mapped loading
                                        (tiles.json: their order; the objects of all tiles in

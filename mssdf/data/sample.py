@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from mssdf.config import ConfigError
 from mssdf.data.io import DataError, read_raster
-from mssdf.data.index import read_index
+from mssdf.data.index import cache_stem, read_index
 from mssdf.data.readers.base import detection_collate
 from mssdf.data.tasks import TASKS
 from mssdf.data.tiling import SPLITS
@@ -186,9 +186,7 @@ class SampleTiles(Dataset):
 
     def _stem(self, key: str) -> str:
         """The file stem (cache ``.npy`` name) of a sample key, e.g. ``height`` -> ``ndsm``."""
-        name = self._file_of(key)
-        files = self.rows[0]["files"]
-        return Path(files[name]).stem if name in files else name
+        return cache_stem(self.rows[0], self._file_of(key))
 
     def _read(self, i: int, key: str) -> np.ndarray:
         stem = self._stem(key)

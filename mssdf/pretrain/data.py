@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from mssdf.data.index import cache_stem
 from mssdf.data.io import DataError
 from mssdf.engine.sampler import Key
 from mssdf.model import NormStats
@@ -141,7 +142,7 @@ def _check_task(cfg: PretrainConfig, folder: Path, index: list[dict], key: str, 
             raise DataError(f"data.backend: {cache / 'tiles.json'}: missing tile cache (prepare with build_cache) or use backend 'tif'")
         for m in modalities:
             fkey = file_key(m, cfg.data.dsm_source)
-            stem = Path(rows[0]["files"].get(fkey, fkey)).stem
+            stem = cache_stem(rows[0], fkey)
             if not (cache / f"{stem}.npy").is_file():
                 raise DataError(f"{key}.modalities: {cache / (stem + '.npy')}: missing cache file for {m!r}")
     if crop > rows[0]["size"]:

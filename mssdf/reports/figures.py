@@ -26,7 +26,9 @@ _EXTRA_COLORS = ["#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c
 class FiguresConfig:
     """Parameters of the figures stage (the ``figures`` section of params.yaml)."""
 
-    metrics: dict[str, str] = field(default_factory=lambda: {s.task: f"reports/{s.task}/metrics.json" for s in FAMILIES})
+    # task -> its stage's metrics file, or a list of them (e.g. the sample's and a paper protocol's study)
+    metrics: dict[str, str | list[str]] = field(
+        default_factory=lambda: {s.task: f"reports/{s.task}/metrics.json" for s in FAMILIES})
     probe: str = "reports/pretrain_probe/metrics.json"  # frozen-feature health check of every variant
     method: str = "reports/method/metrics.json"  # masking and loss statistics of the method stage
     prepare: str = "reports/prepare/metrics.json"  # tiles per task and split

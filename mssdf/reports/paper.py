@@ -204,9 +204,12 @@ def collect_family(spec: FamilySpec, metrics: Mapping[str, Any], source: str,
     return rows
 
 
-def collect_results(metrics_files: Mapping[str, str | Path], paper_datasets: Mapping[str, str] | None = None,
-                    families: Sequence[FamilySpec] = FAMILIES) -> dict[str, Any]:
-    """Every task family's rows from ``{task: metrics file}``; a task without a file is skipped.
+def collect_results(metrics_files: Mapping[str, str | Path | Sequence[str | Path]],
+                    paper_datasets: Mapping[str, str] | None = None,
+                    families: Sequence[FamilySpec] = FAMILIES, root: str | Path | None = None) -> dict[str, Any]:
+    """Every task family's rows from ``{task: metrics file or list of files}`` (a task without
+    a file is skipped; several files of one task, e.g. the sample study and a paper protocol's,
+    add their rows in order).
 
     Returns:
         ``{"generated_from": [files], "inits": [every init seen, in first-seen order],
@@ -216,13 +219,15 @@ def collect_results(metrics_files: Mapping[str, str | Path], paper_datasets: Map
     for spec in families:
         if spec.task not in metrics_files:
             continue
-        path = Path(metrics_files[spec.task])
-        data = read_metrics(path)
-        files.append(str(path))
-        for init in data.get("inits") or []:
-            if init not in inits:
-                inits.append(init)
-        rows.extend(collect_family(spec, data, str(path), paper_datasets))
+        given = metrics_files[spec.task]
+        for path in map(Path, [given] if isinstance(given, (str, Path)) else given):
+            data = read_metrics(path)
+            shown = path.relative_to(root) if root is not None and path.is_relative_to(root) else path
+            files.append(shown.as_posix())
+            for init in data.get("inits") or []:
+                if init not in inits:
+                    inits.append(init)
+            rows.extend(collect_family(spec, data, shown.as_posix(), paper_datasets))
     return {"generated_from": files, "inits": inits, "rows": rows}
 
 
