@@ -104,7 +104,9 @@ for dataset in study.datasets:
 # %%
 for dataset in study.datasets:
     table = per_class_iou(rows, dataset)
-    ax = table.plot.bar(figsize=(1.2 + 0.9 * len(table), 3.0), rot=0)
+    ax = table.plot.bar(figsize=(max(4.5, 1.2 + 0.9 * len(table)), 3.2), rot=30)
+    plt.setp(ax.get_xticklabels(), ha="right")
+    ax.legend(title="init", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_ylabel("IoU (test, mean over seeds)"); ax.set_title(dataset); ax.set_ylim(0, 1)
     plt.show()
     best_init = study.inits[-1]

@@ -91,7 +91,7 @@ def confusion_figure(confusion: np.ndarray, classes: Sequence[str], title: str) 
     """Row-normalised confusion matrix (rows: truth)."""
     conf = np.asarray(confusion, dtype=float)
     norm = conf / np.clip(conf.sum(1, keepdims=True), 1, None)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(classes), 0.8 + 0.6 * len(classes)))
+    fig, ax = plt.subplots(figsize=(max(3.6, 1.0 + 0.6 * len(classes)), max(3.2, 0.8 + 0.6 * len(classes))))
     im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
     for i in range(len(classes)):
         for j in range(len(classes)):

@@ -229,8 +229,9 @@ def format_value(cell: Mapping[str, Any] | None, digits: int = 3) -> str:
 
 def _paper_cell(r: Mapping[str, Any], digits: int) -> str:
     paper = _number(r.get("paper"))
-    if paper is None:
-        return f'<td class="num">{DASH}</td>'
+    if paper is None:  # the row's dataset is not the paper's: say so, with what the paper reports
+        ref = f'<br><span class="small">paper: {_esc(r["paper_dataset"])}</span>' if r.get("paper_dataset") else ""
+        return f'<td class="small">{_esc(r.get("note") or "not comparable")}{ref}</td>'
     shown = r.get("paper_shown") or f"{paper:.{digits}f}"
     flag = "" if r.get("comparable") else ' <span class="small">(not comparable)</span>'
     where = f'<br><span class="small">{_esc(r["paper_dataset"])}</span>' if r.get("paper_dataset") else ""
@@ -265,10 +266,11 @@ def _results_section(path: Path, shown: str) -> str:
     if not families:
         out.append('<p class="missing">results.json holds no rows.</p>')
     for family, frows in families.items():
-        with_paper = any(_number(r.get("paper")) is not None for r in frows)
+        with_paper = any(_number(r.get("paper")) is not None or r.get("note") for r in frows)
         with_baseline = any(_number(r.get("baseline")) is not None for r in frows)
-        head = (["dataset", "metric", *inits] + (["baseline"] if with_baseline else [])
-                + (["paper"] if with_paper else []) + ["labels"])
+        baseline = next((str(r["baseline_label"]) for r in frows if r.get("baseline_label")), "baseline")
+        head = (["dataset", "metric", *inits] + ([baseline] if with_baseline else [])
+                + (["paper (MSSDF)"] if with_paper else []) + ["labels"])
         out.append(f'<h3>{_esc(family)}</h3>\n<div class="scroll"><table class="results">')
         out.append("<thead><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr></thead><tbody>")
         for r in frows:
