@@ -45,7 +45,8 @@ def _write(tmp_path: Path, name: str, data: dict) -> Path:
 def test_summarise_seeds_is_mean_and_sample_std_of_the_finite_values():
     s = paper.summarise_seeds([0.5, None, 0.7, float("nan"), 0.9])
     assert s.n == 3 and s.mean == pytest.approx(0.7) and s.std == pytest.approx(0.2)
-    assert paper.summarise_seeds([0.4]).std == 0.0
+    one = paper.summarise_seeds([0.4])
+    assert one.std is None and paper.format_value(one.as_dict()) == "0.400 (n=1)"  # no spread claimed from one seed
     assert paper.summarise_seeds([None, None]) == paper.Summary(None, None, 0)
 
 
@@ -68,16 +69,21 @@ def test_rows_are_recomputed_from_the_seeds_and_sample_datasets_are_not_comparab
 def test_a_paper_dataset_gets_the_papers_number_in_our_unit(tmp_path):
     seg = _study({"potsdam": {"mssdf": {"miou": [0.70, 0.72, 0.74]}},
                   "my_vaihingen": {"mssdf": {"miou": [0.6, 0.6, 0.6]}}})
-    height = _study({"us3d": {"mssdf": {"rmse_m": [3.0, 3.0, 3.0], "rmse_norm": [0.2, 0.2, 0.2]}}})
+    height = _study({"us3d": {"mssdf": {"rmse_m": [3.0, 3.0, 3.0], "rmse_norm": [0.2, 0.2, 0.2],
+                                        "rmse_norm_no_ground": [0.19, 0.2, 0.21]}}})
     results = paper.collect_results({"segmentation": _write(tmp_path, "s.json", seg),
                                      "height": _write(tmp_path, "h.json", height)},
                                     paper_datasets={"my_vaihingen": "vaihingen"})
     rows = {(r["dataset"], r["metric"]): r for r in results["rows"]}
     assert rows["potsdam", "miou"]["paper"] == pytest.approx(0.7830) and rows["potsdam", "miou"]["comparable"]
     assert rows["my_vaihingen", "miou"]["paper"] == pytest.approx(0.7650)
-    assert rows["us3d", "rmse_norm"]["paper"] == pytest.approx(0.182)
-    assert rows["us3d", "rmse_m"]["paper"] is None  # the paper's RMSE is in the 8-bit unit, not metres
-    assert "78.30 mIoU" in paper.results_markdown(results)
+    # the paper's US3D RMSE: 8-bit unit, pixels whose 8-bit target is neither 0 nor 255
+    assert rows["us3d", "rmse_norm_no_ground"]["paper"] == pytest.approx(0.182)
+    assert rows["us3d", "rmse_m"]["paper"] is None and rows["us3d", "rmse_norm"]["paper"] is None
+    md = paper.results_markdown(results)
+    # the README table shows the paper's metric on a paper dataset, not the family's headline one
+    assert "78.30 mIoU" in md and "76.50 mIoU" in md and "0.182 RMSE" in md
+    assert "| us3d | RMSE (8-bit unit, no 0/255) ↓ |" in md and "RMSE (m)" not in md
 
 
 def test_synthetic_and_derived_labels_say_so_and_baselines_are_shown(tmp_path):
@@ -193,3 +199,11 @@ def test_several_metrics_files_of_one_task_add_their_rows(tmp_path):
     assert [(r["dataset"], r["comparable"]) for r in results["rows"] if r["metric"] == "miou"] == [
         ("buildings", False), ("potsdam", True)]
     assert len(results["generated_from"]) == 2
+    both = _study({"buildings": {"mssdf": {"miou": [0.7, 0.8, 0.9]}}})
+    results = paper.collect_results({"segmentation": [_write(tmp_path, "a.json", sample), _write(tmp_path, "c.json", both)]})
+    table = paper.family_table(results, "segmentation")
+    assert list(table["source"]) == [str(tmp_path / "a.json"), str(tmp_path / "c.json")]
+    fig = F.family_bars(results, "segmentation")  # same dataset name in two files: two bar groups, not one
+    heights = sorted(p.get_height() for p in fig.axes[0].patches)
+    plt.close(fig)
+    assert heights == pytest.approx([0.5, 0.8])

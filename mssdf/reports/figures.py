@@ -89,10 +89,15 @@ def family_bars(results: Mapping[str, Any], task: str) -> plt.Figure | None:
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     inits = [i for i in results["inits"] if any(i in r["values"] for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1, 3.4), squeeze=False)
+    sources = list(dict.fromkeys(r.get("source") for r in rows))
     for ax, metric in zip(axes[0], metrics):
         mrows = [r for r in rows if r["metric"] == metric]
-        groups = [r["dataset"] for r in mrows]
-        grouped_bars(ax, groups, inits, {r["dataset"]: r["values"] for r in mrows})
+        # one group per row (a dataset may appear in several metrics files of the task)
+        groups = [r["dataset"] if len(sources) < 2 else f"{r['dataset']}\n({Path(str(r.get('source'))).parent.name})"
+                  for r in mrows]
+        keys = [str(i) for i in range(len(mrows))]
+        grouped_bars(ax, keys, inits, {k: r["values"] for k, r in zip(keys, mrows)})
+        ax.set_xticks(range(len(groups)), groups)
         for i, r in enumerate(mrows):
             if r["baseline"] is not None:
                 ax.hlines(r["baseline"], i - 0.45, i + 0.45, colors="black", linestyles="--", linewidth=1.2,
@@ -106,8 +111,12 @@ def family_bars(results: Mapping[str, Any], task: str) -> plt.Figure | None:
             ax.text(0.01, 0.98, "labels: " + ", ".join(labels), transform=ax.transAxes, va="top", fontsize=8,
                     color="#b00020", fontweight="bold")
         ax.grid(axis="y", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=9)
+    legend: dict[str, Any] = {}
+    for ax in axes[0]:  # every panel's entries (an init or the paper star may be missing from the first)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+               fontsize=9)
     fig.suptitle(f"{rows[0]['family']} (test; mean ± std over seeds, dots = seeds)", fontsize=11)
     fig.tight_layout()
     return fig
@@ -115,9 +124,12 @@ def family_bars(results: Mapping[str, Any], task: str) -> plt.Figure | None:
 
 def probe_bars(rows: Sequence[ProbeRow], variants: Sequence[str]) -> plt.Figure:
     """The frozen-feature health check: one panel per probe metric, a bar per variant and random init."""
+    if not rows:
+        raise ValueError("probe_bars: no probe rows (the health check wrote no 'probe' metric)")
     order = list(variants) + ["random_init"]
     n = len(rows)
     cols = min(5, n)
+    seeds = sorted({s.n for row in rows for s in row.values.values() if s.n})
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(2.6 * cols, 2.6 * ((n + cols - 1) // cols)),
                              squeeze=False)
     for ax in axes.flat[n:]:
@@ -129,7 +141,8 @@ def probe_bars(rows: Sequence[ProbeRow], variants: Sequence[str]) -> plt.Figure:
         ax.tick_params(labelsize=7)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(order), frameon=False, fontsize=8)
-    fig.suptitle("frozen-feature probes of each pre-training variant (mean ± std over 3 seeds)", fontsize=10)
+    over = f"{seeds[0]} seeds" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds"
+    fig.suptitle(f"frozen-feature probes of each pre-training variant (mean ± std over {over})", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 

@@ -16,7 +16,8 @@ stages declare (``reports/<task>/metrics.json``, ``reports/pretrain_probe/metric
 
 Units: our segmentation / change scores are fractions (0-1); the paper's percentages are
 stored as fractions too (78.30 mIoU -> 0.7830). The paper's US3D RMSE 0.182 is in the
-normalised 8-bit height unit, our ``rmse_norm``.
+normalised 8-bit height unit over the pixels whose 8-bit target is neither 0 nor 255, our
+``rmse_norm_no_ground``.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ class PaperResult:
 PAPER_RESULTS: dict[str, PaperResult] = {
     "potsdam": PaperResult("segmentation", "miou", 0.7830, "ISPRS Potsdam", "50 % of train", "78.30 mIoU"),
     "vaihingen": PaperResult("segmentation", "miou", 0.7650, "ISPRS Vaihingen", "50 % of train", "76.50 mIoU"),
-    "us3d": PaperResult("height", "rmse_norm", 0.182, "US3D", "-", "0.182 RMSE",
-                        note="RMSE in the normalised 8-bit height unit"),
+    "us3d": PaperResult("height", "rmse_norm_no_ground", 0.182, "US3D", "-", "0.182 RMSE",
+                        note="RMSE in the normalised 8-bit height unit over the pixels whose 8-bit "
+                             "target is neither 0 nor 255 (the paper's 'ground pixels excluded')"),
     "second": PaperResult("change", "miou", 0.4751, "SECOND", "binary change", "47.51 mIoU",
                           note="the paper does not say which mIoU; compared with the two-class mIoU"),
 }
@@ -83,7 +85,8 @@ FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec("segmentation", "semantic segmentation",
                (MetricSpec("miou", "mIoU"), MetricSpec("f1", "mean F1"))),
     FamilySpec("height", "height estimation",
-               (MetricSpec("rmse_m", "RMSE (m)", False), MetricSpec("rmse_norm", "RMSE (8-bit unit)", False))),
+               (MetricSpec("rmse_m", "RMSE (m)", False), MetricSpec("rmse_norm", "RMSE (8-bit unit)", False),
+                MetricSpec("rmse_norm_no_ground", "RMSE (8-bit unit, no 0/255)", False))),
     FamilySpec("classification", "scene classification",
                (MetricSpec("f1", "macro F1"), MetricSpec("overall_accuracy", "overall accuracy")),
                container="protocols"),
@@ -97,7 +100,7 @@ FAMILIES: tuple[FamilySpec, ...] = (
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean, sample std (ddof=1) and count of the finite per-seed values."""
+    """Mean, sample std (ddof=1; None from a single value) and count of the finite per-seed values."""
 
     mean: float | None
     std: float | None
@@ -114,7 +117,7 @@ def summarise_seeds(values: Sequence[Any]) -> Summary:
     if not finite:
         return Summary(None, None, 0)
     arr = np.asarray(finite, dtype=np.float64)
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    std = float(arr.std(ddof=1)) if arr.size > 1 else None  # one seed: no spread to report
     return Summary(float(arr.mean()), std, int(arr.size), tuple(finite))
 
 
@@ -191,7 +194,7 @@ def collect_family(spec: FamilySpec, metrics: Mapping[str, Any], source: str,
                 b = metrics[spec.baseline].get(dataset, {}).get(m.key)
                 baseline = None if b is None else float(b)
             rows.append({
-                "family": spec.family, "task": spec.task, "dataset": dataset, "metric": m.key,
+                "family": spec.family, "task": spec.task, "dataset": dataset, "source": source, "metric": m.key,
                 "metric_label": m.label, "higher_is_better": m.higher_is_better, "labels": labels,
                 "paper": None if paper is None else paper.value,
                 "paper_shown": None if paper is None else paper.shown,
@@ -238,10 +241,12 @@ def row_digits(row: Mapping[str, Any], digits: int = 3) -> int:
 
 
 def format_value(summary: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """``"0.466 ± 0.009"`` with ``digits`` decimals (``"—"`` when missing)."""
+    """``"0.466 ± 0.009"`` with ``digits`` decimals; ``"0.466 (n=1)"`` from a single seed; ``"—"`` when missing."""
     if not summary or summary.get("mean") is None:
         return "—"
-    return f"{summary['mean']:.{digits}f} ± {(summary.get('std') or 0.0):.{digits}f}"
+    if summary.get("std") is None:
+        return f"{summary['mean']:.{digits}f} (n={summary.get('n', 1)})"
+    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
 
 
 def family_table(results: Mapping[str, Any], task: str, digits: int = 3) -> "Any":
@@ -255,6 +260,8 @@ def family_table(results: Mapping[str, Any], task: str, digits: int = 3) -> "Any
     for r in rows:
         d = row_digits(r, digits)
         rec: dict[str, Any] = {"dataset": r["dataset"], "metric": r["metric_label"] + (" ↑" if r["higher_is_better"] else " ↓")}
+        if len({x.get("source") for x in rows}) > 1:  # several metrics files of the task: name each row's
+            rec = {"source": r.get("source"), **rec}
         for init in inits:
             rec[init] = format_value(r["values"].get(init), d)
         if any(x["baseline"] is not None for x in rows):
@@ -279,17 +286,28 @@ def best_init(row: Mapping[str, Any], digits: int | None = None) -> str | None:
     return winners[0] if len(winners) == 1 else None
 
 
-def results_markdown(results: Mapping[str, Any], inits: Sequence[str] | None = None, digits: int = 3) -> str:
-    """The headline rows (first metric of each family) as one Markdown table: the best mean in
-    bold (none when tied), the no-learning baseline where the task has one."""
+def headline_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (source file, task, dataset): the family's headline metric, or on a paper
+    dataset the metric the paper reports (so its number is shown beside ours)."""
     heads = {s.task: s.metrics[0].key for s in FAMILIES}
+    comparable = {(r.get("source"), r["task"], r["dataset"]) for r in results["rows"] if r["comparable"]}
+    out = []
+    for r in results["rows"]:
+        key = (r.get("source"), r["task"], r["dataset"])
+        if (r["comparable"] if key in comparable else heads.get(r["task"]) == r["metric"]):
+            out.append(r)
+    return out
+
+
+def results_markdown(results: Mapping[str, Any], inits: Sequence[str] | None = None, digits: int = 3) -> str:
+    """The headline rows (:func:`headline_rows`) as one Markdown table: the best mean in bold
+    (none when tied), the no-learning baseline where the task has one, the paper's number on
+    the paper's datasets."""
     inits = list(inits or results["inits"])
     lines = ["| task | dataset / protocol | metric | labels | " + " | ".join(inits)
              + " | no-learning baseline | paper (MSSDF) |",
              "|---|---|---|---|" + "---|" * len(inits) + "---|---|"]
-    for r in results["rows"]:
-        if heads.get(r["task"]) != r["metric"]:
-            continue
+    for r in headline_rows(results):
         d = row_digits(r, digits)
         best = best_init(r, d)
         cells = []
@@ -352,7 +370,7 @@ def ablation_table(probe: Sequence[ProbeRow], variants: Sequence[str], digits: i
             s = row.values.get(v)
             rec[v] = format_value(s.as_dict() if s else None, digits)
             if s is not None and base is not None and s.mean is not None and base.mean is not None:
-                rec[f"{v} − mssdf (better > 0)"] = f"{sign * (s.mean - base.mean):+.{digits}f}"
+                rec[f"{v} − mssdf (better > 0)"] = f"{sign * (s.mean - base.mean) + 0.0:+.{digits}f}"
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
@@ -360,6 +378,7 @@ def ablation_table(probe: Sequence[ProbeRow], variants: Sequence[str], digits: i
 __all__ = [
     "NOT_COMPARABLE", "PaperResult", "PAPER_RESULTS", "MetricSpec", "FamilySpec", "FAMILIES", "Summary",
     "summarise_seeds", "read_metrics", "paper_match", "family_paper_reference", "label_kind_of",
-    "collect_family", "collect_results", "row_digits", "format_value", "family_table", "best_init", "results_markdown",
+    "collect_family", "collect_results", "row_digits", "format_value", "family_table", "best_init", "headline_rows",
+    "results_markdown",
     "ProbeRow", "probe_results", "ablation_variants", "ablation_table",
 ]
