@@ -188,6 +188,20 @@ def test_every_notebook_gets_a_page_linked_from_the_index(fake_site):
     assert "<script" not in beta  # no require.js, MathJax or mermaid loader
 
 
+def test_pages_share_one_stylesheet_instead_of_inlining_it(fake_site):
+    from mssdf.reports.site import CSS_FILE
+
+    build_site(fake_site)
+    html_dir = Path(fake_site.html_dir)
+    css = (html_dir / CSS_FILE).read_text()
+    assert ".jp-Notebook" in css and "<style" not in css
+    pages = sorted(html_dir.glob("*.html"))
+    assert pages
+    for page in pages:
+        text = page.read_text()
+        assert f'href="{CSS_FILE}"' in text and ".jp-Notebook {" not in text
+
+
 def test_stage_table_shows_run_times_and_their_total(fake_site):
     parsed = _parse(build_site(fake_site))
     rows = [r for h, rows in parsed.tables for r in rows if r and r[0] in DURATIONS]

@@ -41,6 +41,7 @@ from typing import Any, Mapping
 from mssdf.atomic import atomic_write_text
 from mssdf.config import ConfigError, from_dict, yaml_load
 from mssdf.paths import resolve
+from mssdf.reports.paper import format_value, row_digits
 
 PROJECT = "mssdf — MSSDF reproduction on the embedded sample"
 DASH = "—"
@@ -132,6 +133,13 @@ main { max-width: 1200px; margin: 0 auto; }
 nav.mssdf-nav { max-width: 1200px; margin: 0 auto; padding: 8px 20px; font: 14px sans-serif; }
 </style>
 {%- endblock extra_css -%}
+{%- block notebook_css -%}
+{%- if resources.mssdf_css_href -%}
+<link rel="stylesheet" type="text/css" href="{{ resources.mssdf_css_href | escape_html_keep_quotes }}">
+{%- else -%}
+<!--mssdf-css-begin-->{{ super() }}<!--mssdf-css-end-->
+{%- endif -%}
+{%- endblock notebook_css -%}
 {%- block body_header -%}
 {{ super() }}
 {%- if resources.mssdf_index_href %}
@@ -154,10 +162,23 @@ def _exporter() -> Any:
     )
 
 
-def _render(exporter: Any, nb: Any, title: str, index_href: str | None) -> str:
-    resources = {"metadata": {"name": title}, "mssdf_index_href": index_href or ""}
+def _render(exporter: Any, nb: Any, title: str, index_href: str | None, css_href: str | None = None) -> str:
+    resources = {"metadata": {"name": title}, "mssdf_index_href": index_href or "", "mssdf_css_href": css_href or ""}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     return body
+
+
+CSS_FILE = "notebook.css"  # the lab template's stylesheet, written once next to the pages
+
+
+def notebook_css(exporter: Any) -> str:
+    """The lab template's notebook stylesheet (~300 kB), which every page would otherwise inline."""
+    import nbformat
+
+    page = _render(exporter, nbformat.v4.new_notebook(), "css", None)
+    inner = page.split("<!--mssdf-css-begin-->", 1)[1].split("<!--mssdf-css-end-->", 1)[0]
+    chunks = [c.split(">", 1)[1] for c in inner.split("<style")[1:]]  # the bodies of its <style> blocks
+    return "\n".join(c.split("</style>", 1)[0].strip() for c in chunks) + "\n"
 
 
 def render_html(ipynb: Path, html: Path, index_href: str | None = None) -> None:
@@ -181,9 +202,9 @@ def render_html(ipynb: Path, html: Path, index_href: str | None = None) -> None:
     atomic_write_text(html, text)
 
 
-def _render_checked(exporter: Any, nb: Any, ipynb: Path, index_href: str | None) -> str:
+def _render_checked(exporter: Any, nb: Any, ipynb: Path, index_href: str | None, css_href: str | None = None) -> str:
     try:
-        return _render(exporter, nb, _title(nb, ipynb.stem), index_href)
+        return _render(exporter, nb, _title(nb, ipynb.stem), index_href, css_href)
     except Exception as err:  # noqa: BLE001 - a notebook nbconvert cannot render is corrupt
         raise SiteError(f"{ipynb}: cannot be rendered to HTML ({type(err).__name__}: {err})") from err
 
@@ -204,27 +225,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
-
-
-def row_digits(row: Mapping[str, Any], digits: int = 3) -> int:
-    """Decimals of a results row: ``digits``, one more when every mean is below 0.01 (near-zero mAPs)."""
-    means = [abs(m) for v in (row.get("values") or {}).values() if isinstance(v, Mapping)
-             for m in [_number(v.get("mean"))] if m is not None and math.isfinite(m)]
-    return digits + 1 if means and max(means) < 0.01 else digits
-
-
-def format_value(cell: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """``{"mean": 0.41, "std": 0.02}`` → ``"0.410 ± 0.020"``; missing → ``"—"``; NaN → ``"n/a"``."""
-    if not isinstance(cell, Mapping):
-        return DASH
-    mean, std = _number(cell.get("mean")), _number(cell.get("std"))
-    if mean is None:
-        return DASH
-    if not math.isfinite(mean):
-        return "n/a"
-    if std is None or not math.isfinite(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _paper_cell(r: Mapping[str, Any], digits: int) -> str:
@@ -424,6 +424,7 @@ def _index(project: str, parts: list[str]) -> str:
 def build_site(cfg: SiteConfig) -> Path:
     """Render every ``reports_dir/*.ipynb`` to ``html_dir`` and write the index; returns its path.
 
+    The pages share one stylesheet, ``html_dir/notebook.css``, instead of each inlining it.
     Everything is read and rendered in memory first, then written atomically file by file.
 
     Raises:
@@ -445,7 +446,7 @@ def build_site(cfg: SiteConfig) -> Path:
         nb = _read_notebook(ipynb)
         page = html_dir / f"{ipynb.stem}.html"
         title = _title(nb, ipynb.stem)
-        pages[page] = _render_checked(exporter, nb, ipynb, _href(index, html_dir))
+        pages[page] = _render_checked(exporter, nb, ipynb, _href(index, html_dir), CSS_FILE)
         stages.append({"stem": ipynb.stem, "title": title, "duration": _duration(nb), "href": _href(page, start)})
     parts = [
         _results_section(resolve(cfg.results), cfg.results),
@@ -454,6 +455,7 @@ def build_site(cfg: SiteConfig) -> Path:
         _licence_section(resolve(cfg.licence), start, cfg.licence),
     ]
     text = _index(PROJECT, parts)
+    pages[html_dir / CSS_FILE] = notebook_css(exporter)
     for page, body in pages.items():
         atomic_write_text(page, body)
     atomic_write_text(index, text)
