@@ -49,6 +49,8 @@ def micro_model():
 # ----------------------------------------------------------------------------- downstream tests
 #: A micro encoder for the downstream engine tests (16 px positions, patch 4).
 DOWNSTREAM_ARCH = {"preset": "tiny", "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 4, "num_heads": 2}
+# a two-block encoder on 32 px images: the paper-preset tests, whose presets fix larger images
+MICRO_ARCH = {"preset": "tiny", "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 @pytest.fixture(scope="session")

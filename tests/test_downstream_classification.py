@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import with_overrides
+from conftest import DOWNSTREAM_ARCH, MICRO_ARCH, with_overrides
 
 sys.path.insert(0, str(Path(__file__).parent))
 from readers_fakes import make_scene_folders  # noqa: E402
@@ -29,8 +29,7 @@ from mssdf.downstream.engine import finetune  # noqa: E402
 from mssdf.downstream.metrics import ClassificationMetrics  # noqa: E402
 from mssdf.downstream.study import StudyConfig, run_study  # noqa: E402
 
-ARCH = {"preset": "tiny", "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 4, "num_heads": 2}
-MICRO = {"preset": "tiny", "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+ARCH, MICRO = DOWNSTREAM_ARCH, MICRO_ARCH
 
 
 @pytest.fixture(scope="module")
